@@ -1,0 +1,80 @@
+"""Small building blocks shared by UGPNet's own modules (official `archs/blocks.py` names)."""
+
+import math
+
+from torch import nn
+from torch.nn import functional as F
+
+
+class ConvBlock(nn.Module):
+    """Three 3×3 convs, each followed by [BatchNorm] and LeakyReLU(0.2); optional average-pool down."""
+
+    def __init__(self, in_channels, out_channels, down=False, downscale=2, batch_norm=False):
+        super().__init__()
+        self.conv = nn.ModuleList([nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, 1, 1)
+                                   for i in range(3)])
+        if batch_norm:
+            self.bn = nn.ModuleList([nn.BatchNorm2d(out_channels) for _ in range(3)])
+        self.down, self.downscale = down, downscale
+
+    def forward(self, x):
+        for i, conv in enumerate(self.conv):
+            x = conv(x)
+            if hasattr(self, "bn"):
+                x = self.bn[i](x)
+            x = F.leaky_relu(x, 0.2)
+        if self.down:
+            x = F.avg_pool2d(x, self.downscale)
+        return x
+
+
+class ResBlock(nn.Module):
+    """conv → ReLU → conv, plus identity, then ReLU (SRNTT style)."""
+
+    def __init__(self, n_filters=64):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_filters, n_filters, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(n_filters, n_filters, 3, 1, 1))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + x)
+
+
+class ToImage(nn.Module):
+    """3×3 conv to RGB followed by LeakyReLU(0.2), as the official restoration head does."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 3, 3, 1, 1), nn.LeakyReLU(0.2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def initialize_weights(*modules: nn.Module) -> None:
+    """Official init: kaiming-normal (fan_out) convs with zero bias, unit BN, N(0, 0.01) linears."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out", nonlinearity="leaky_relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def pad_to_multiple(x, multiple: int):
+    """Zero-pad right/bottom so H and W are multiples of `multiple`; returns (padded, (H, W))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x, (h, w)
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and math.log2(n).is_integer()

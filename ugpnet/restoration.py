@@ -1,0 +1,44 @@
+"""Restoration module: a regression backbone plus, for residual backbones, the ResidualEncoder.
+
+Residual approach (NAFNet, HINet, U-Net): those nets predict a residual, so their last feature
+does not carry image content; an extra encoder of the LQ input supplies it (reference §2.4).
+Direct approach (RRDBNet ×8): the backbone's HR feature is used as it is, and the backbone itself
+is the restoration module (keys `resmodule.conv_first.*`).
+"""
+
+from torch import nn
+
+from ugpnet.archs.blocks import ConvBlock, ToImage, initialize_weights
+
+
+class ResidualEncoder(nn.Module):
+    """Encodes the LQ input, adds the regression feature, and decodes F_R (64 ch) and I_R."""
+
+    def __init__(self, chan=32, out_chan=64):
+        super().__init__()
+        self.input_encoder = ConvBlock(3, chan)
+        self.merge_decoder = nn.ModuleList([ConvBlock(chan, out_chan), ConvBlock(out_chan, out_chan)])
+        self.to_img = ToImage(out_chan)
+        initialize_weights(self)
+
+    def forward(self, lq, regression_feature):
+        feature = regression_feature + self.input_encoder(lq)
+        for block in self.merge_decoder:
+            feature = block(feature)
+        return self.to_img(feature), feature
+
+
+class ResModule(nn.Module):
+    """Residual-approach restoration: `regression` backbone + `encoder` (official key names)."""
+
+    def __init__(self, regression: nn.Module, feature_channels=64):
+        super().__init__()
+        self.regression = regression
+        self.encoder = ResidualEncoder(regression.feature_channels, feature_channels)
+
+    def unused_parameter_names(self) -> list[str]:
+        return [f"regression.{n}" for n in self.regression.unused_parameter_names()]
+
+    def forward(self, lq):
+        """lq (B,3,H,W) in [0,1] → (restored (B,3,H,W) ≈[0,1], F_R (B,64,H,W))."""
+        return self.encoder(lq, self.regression(lq))
