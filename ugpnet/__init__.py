@@ -6,11 +6,11 @@
     restored, synthesized, fused = model(lq, return_all=True)
 """
 
+from ugpnet.catalog import PresetInfo, build, list_presets
 from ugpnet.checkpoint import CheckpointMismatchError, load, save
 from ugpnet.model import UGPNet, UGPNetOutput
 from ugpnet.official import import_official
 from ugpnet.presets import PRESETS, Preset, get_preset
-from ugpnet.catalog import PresetInfo, build, list_presets
 
 __all__ = [
     "PRESETS", "CheckpointMismatchError", "Preset", "PresetInfo", "UGPNet", "UGPNetOutput", "build", "get_preset",

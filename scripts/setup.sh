@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with its development extras. Idempotent.
+# The CPU build of torch is installed first, pinned, so that resolving the project never pulls a
+# CUDA build (several GB) on a machine without a GPU. On a GPU machine set UGPNET_TORCH to the
+# torch requirement you want (e.g. "torch==2.14.1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+TORCH_REQUIREMENT=${UGPNET_TORCH:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.ugpnet-installed
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+    exit 0
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install --quiet "$TORCH_REQUIREMENT" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install --quiet -e ".[dev]" "$TORCH_REQUIREMENT" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import torch, ray, mlflow, ugpnet, pipelines" # fail loudly if anything is missing
+touch "$stamp"
