@@ -35,8 +35,11 @@ class FitError(ValueError):
 
 
 def fit_and_run(image: torch.Tensor, forward: Forward, *, input_size: int, scale: int, policy: str,
-                batch_size: int = 4, tile_overlap: int | None = None) -> torch.Tensor:
+                batch_size: int = 4, tile_overlap: int | None = None, out_channels: int = 3) -> torch.Tensor:
     """Restore an image of any size with a fixed-size model.
+
+    `out_channels` lets a model return several RGB images stacked on channels (e.g. restored,
+    synthesized and fused: 9), which are then fitted together.
 
     image: (3,H,W) or (B,3,H,W) in [0,1]; the result has the same leading dims and is
     (…,3,H*scale,W*scale). tile_overlap is in input pixels (default input_size//4).
@@ -51,25 +54,28 @@ def fit_and_run(image: torch.Tensor, forward: Forward, *, input_size: int, scale
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected an RGB image (3,H,W) or (B,3,H,W), got shape {tuple(image.shape)}")
 
+    def checked(batch):
+        return _checked_forward(forward, batch, scale, out_channels)
+
     restored = []
     for single in images.split(1):
         if policy == "error":
-            restored.append(_run_exact(single, forward, input_size=input_size, scale=scale))
+            restored.append(_run_exact(single, checked, input_size=input_size, scale=scale))
         elif policy == "resize":
-            restored.append(_run_resized(single, forward, input_size=input_size, scale=scale))
+            restored.append(_run_resized(single, checked, input_size=input_size, scale=scale))
         else:
             overlap = input_size // 4 if tile_overlap is None else tile_overlap
-            restored.append(_run_tiled(single, forward, input_size=input_size, scale=scale,
-                                       batch_size=batch_size, tile_overlap=overlap))
+            restored.append(_run_tiled(single, checked, input_size=input_size, scale=scale,
+                                       batch_size=batch_size, tile_overlap=overlap, channels=out_channels))
     result = torch.cat(restored)
     return result.squeeze(0) if unbatched else result
 
 
-def _checked_forward(forward: Forward, batch: torch.Tensor, scale: int) -> torch.Tensor:
+def _checked_forward(forward: Forward, batch: torch.Tensor, scale: int, channels: int = 3) -> torch.Tensor:
     """Call the model and hold it to its contract, so a wrong scale fails here, not as a bad crop."""
     restored = forward(batch)
     n, _, size, _ = batch.shape
-    expected = (n, 3, size * scale, size * scale)
+    expected = (n, channels, size * scale, size * scale)
     if tuple(restored.shape) != expected:
         raise RuntimeError(f"model returned shape {tuple(restored.shape)} for input {tuple(batch.shape)}; "
                            f"expected {expected} (scale {scale})")
@@ -81,7 +87,7 @@ def _run_exact(image: torch.Tensor, forward: Forward, *, input_size: int, scale:
     if height != input_size or width != input_size:
         raise FitError(f"input is {width}×{height} (W×H) but this model takes exactly "
                        f"{input_size}×{input_size} (use fit policy 'resize' or 'tile')")
-    return _checked_forward(forward, image, scale)
+    return forward(image)
 
 
 def _resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -124,7 +130,7 @@ def _run_resized(image: torch.Tensor, forward: Forward, *, input_size: int, scal
     fitted = _resample(image, fitted_h, fitted_w)
     padded, top, left = _pad_centred(fitted, input_size, input_size)
 
-    restored = _checked_forward(forward, padded, scale)
+    restored = forward(padded)
     content = restored[..., top * scale:(top + fitted_h) * scale, left * scale:(left + fitted_w) * scale]
     return _resample(content, height * scale, width * scale)
 
@@ -175,7 +181,7 @@ def _summed_ramps(starts: list[int], ramps: list[torch.Tensor], length: int, sca
 
 
 def _run_tiled(image: torch.Tensor, forward: Forward, *, input_size: int, scale: int, batch_size: int,
-               tile_overlap: int) -> torch.Tensor:
+               tile_overlap: int, channels: int = 3) -> torch.Tensor:
     if not 0 <= tile_overlap < input_size:
         raise ValueError(f"tile_overlap must be in [0, {input_size}), got {tile_overlap}")
     height, width = image.shape[-2:]
@@ -192,13 +198,13 @@ def _run_tiled(image: torch.Tensor, forward: Forward, *, input_size: int, scale:
         * _summed_ramps(starts_x, ramps_x, padded_w * scale, scale)[None, :]
     # One output-sized float32 accumulator; tiles are added in and dropped batch by batch.
     out_tile = input_size * scale
-    blended = torch.zeros(3, padded_h * scale, padded_w * scale, dtype=torch.float32, device=image.device)
+    blended = torch.zeros(channels, padded_h * scale, padded_w * scale, dtype=torch.float32, device=image.device)
     grid = [(iy, ix) for iy in range(len(starts_y)) for ix in range(len(starts_x))]
     for first in range(0, len(grid), batch_size):
         chunk = grid[first:first + batch_size]
         batch = torch.cat([padded[..., starts_y[iy]:starts_y[iy] + input_size,
                                   starts_x[ix]:starts_x[ix] + input_size] for iy, ix in chunk])
-        restored = _checked_forward(forward, batch, scale).float()
+        restored = forward(batch).float()
         for (iy, ix), tile in zip(chunk, restored, strict=True):
             window = ramps_y[iy][:, None] * ramps_x[ix][None, :]
             y0, x0 = starts_y[iy] * scale, starts_x[ix] * scale

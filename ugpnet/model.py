@@ -11,6 +11,7 @@ from torch import nn
 
 from ugpnet.archs.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from ugpnet.backbones import get_backbone
+from ugpnet.fitting import fit_and_run
 from ugpnet.fusion import FusionNet
 from ugpnet.presets import Preset, get_preset
 from ugpnet.restoration import ResModule
@@ -91,3 +92,15 @@ class UGPNet(nn.Module):
                                                         compute_discarded=compute_discarded)
         fused = self.fusmodule(synthesis_feature, restoration_feature)
         return UGPNetOutput(restored, synthesized, fused) if return_all else fused
+
+    def restore(self, image, fit="resize", batch_size=4, return_all=False, tile_overlap=None):
+        """Any-size image (3,H,W) or (B,3,H,W) in [0,1] → output(s) at ×scale through a fit policy
+        (`resize`, `tile` or `error`; see ugpnet.fitting). Call under torch.inference_mode()."""
+        def forward(batch):
+            out = self(batch, return_all=return_all)
+            return torch.cat(out, dim=1) if return_all else out
+
+        result = fit_and_run(image, forward, input_size=self.input_size, scale=self.scale, policy=fit,
+                             batch_size=batch_size, tile_overlap=tile_overlap,
+                             out_channels=9 if return_all else 3)
+        return UGPNetOutput(*result.split(3, dim=-3)) if return_all else result
