@@ -84,9 +84,26 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-def load(ref: str | os.PathLike, device: str | torch.device = "cpu") -> UGPNet:
-    """Load a model from a reference: a bundle directory (more schemes are added by the pipelines)."""
+REF_RESOLVERS_GROUP = "ugpnet.model_refs"
+
+
+def resolve_ref(ref: str | os.PathLike) -> Path:
+    """Bundle directory for a reference: a path, or `SCHEME:…` handled by a resolver registered
+    under the `ugpnet.model_refs` entry-point group (e.g. `models:` from the pipelines, which
+    needs MLflow; this library itself never imports it)."""
     path = Path(ref)
     if path.is_dir():
-        return load_bundle(path, device)
+        return path
+    scheme, sep, _ = str(ref).partition(":")
+    if sep:
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group=REF_RESOLVERS_GROUP, name=scheme):
+            return Path(entry.load()(str(ref)))
+        raise ValueError(f"no resolver for model reference scheme {scheme!r} in {str(ref)!r}")
     raise FileNotFoundError(f"model reference {str(ref)!r} is not a bundle directory")
+
+
+def load(ref: str | os.PathLike, device: str | torch.device = "cpu") -> UGPNet:
+    """Load a model: a bundle directory, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `default:TASK`."""
+    return load_bundle(resolve_ref(ref), device)

@@ -1,0 +1,127 @@
+"""MLflow model registry: log a bundle as a pyfunc model, register it, resolve `models:/` refs,
+list models, and promote a version to an alias behind a metric gate.
+
+Registered models are named `ugpnet-<task>` unless the user names them; aliases `candidate`
+(set by training) and `champion` (set by an explicit, gated promotion) follow MLflow's conventions.
+"""
+
+import hashlib
+import operator
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+BUNDLE_ARTIFACT = "bundle"
+# Explicit requirements: inferred ones would pin the local CPU build of torch that no registry serves.
+PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "mlflow>=3.0"]
+CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
+REF_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+
+
+def registered_name(task: str, name: str | None = None) -> str:
+    return name or f"ugpnet-{task}"
+
+
+def log_bundle(bundle_dir: str | Path, *, register_as: str | None = None, alias: str | None = None,
+               name: str = "model") -> RegisteredVersion | None:
+    """Log the bundle as a pyfunc model in the active run; optionally register it and set an alias."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_FILE),
+                                   artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                                   code_paths=None, pip_requirements=PIP_REQUIREMENTS)
+    if not register_as:
+        return None
+    version = mlflow.register_model(info.model_uri, register_as)
+    client = mlflow.MlflowClient()
+    if alias:
+        client.set_registered_model_alias(register_as, alias, version.version)
+    return RegisteredVersion(register_as, str(version.version), version.run_id, (alias,) if alias else ())
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    match = REF_PATTERN.match(ref)
+    if not match:
+        raise ValueError(f"model reference {ref!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match["name"], match["alias"], match["version"]
+
+
+def resolve_version(ref: str) -> RegisteredVersion:
+    """The concrete registry version a `models:/` reference points at now."""
+    import mlflow
+
+    name, alias, version = parse_ref(ref)
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    return RegisteredVersion(name, str(mv.version), mv.run_id, tuple(getattr(mv, "aliases", ()) or ()))
+
+
+def download_bundle(ref: str) -> tuple[Path, str]:
+    """Fetch the bundle of a `models:/` ref into the local cache; returns (bundle dir, 'name/vN')."""
+    import mlflow
+
+    version = resolve_version(ref)
+    tracking = mlflow.get_tracking_uri()
+    key = hashlib.sha256(f"{tracking}|{version.name}|{version.version}".encode()).hexdigest()[:16]
+    target = CACHE_DIR / "registry" / key
+    bundle = target / "artifacts" / BUNDLE_ARTIFACT
+    if not (bundle / "ugpnet.json").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
+                                            dst_path=str(target))
+    if not (bundle / "ugpnet.json").is_file():
+        raise FileNotFoundError(f"{ref}: the registered model holds no UGPNet bundle artifact")
+    return bundle, f"{version.name}/{version.version}"
+
+
+def resolve_models_ref(ref: str) -> Path:
+    """Entry point for `ugpnet.load("models:/…")` (see pyproject's ugpnet.model_refs)."""
+    return download_bundle(ref)[0]
+
+
+def list_versions(name: str | None = None) -> list[RegisteredVersion]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    versions = []
+    for model_name in names:
+        for mv in client.search_model_versions(f"name='{model_name}'"):
+            versions.append(RegisteredVersion(model_name, str(mv.version), mv.run_id,
+                                              tuple(getattr(mv, "aliases", ()) or ())))
+    return sorted(versions, key=lambda v: (v.name, int(v.version)))
+
+
+REQUIREMENT = re.compile(r"^\s*(?P<metric>[\w./-]+)\s*(?P<op>>=|<=|>|<|==)\s*(?P<value>-?[\d.eE+-]+)\s*$")
+OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+def promote(name: str, version: str, alias: str, requirements: list[str]) -> None:
+    """Point `alias` at `version` if every `metric OP value` holds for the metrics of its run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(name, version)
+    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    for requirement in requirements:
+        match = REQUIREMENT.match(requirement)
+        if not match:
+            raise ValueError(f"--require {requirement!r}: expected METRIC>=VALUE (or <=, >, <, ==)")
+        metric, op, bar = match["metric"], match["op"], float(match["value"])
+        if metric not in metrics:
+            raise ValueError(f"{name} version {version} has no recorded metric {metric!r} "
+                             f"(recorded: {', '.join(sorted(metrics)) or 'none'})")
+        if not OPERATORS[op](metrics[metric], bar):
+            raise ValueError(f"refusing to promote {name} version {version} to {alias!r}: "
+                             f"{metric} = {metrics[metric]:.4g} does not satisfy {op} {bar:g}")
+    client.set_registered_model_alias(name, alias, version)
