@@ -74,14 +74,24 @@ def download_bundle(ref: str) -> tuple[Path, str]:
     tracking = mlflow.get_tracking_uri()
     key = hashlib.sha256(f"{tracking}|{version.name}|{version.version}".encode()).hexdigest()[:16]
     target = CACHE_DIR / "registry" / key
-    bundle = target / "artifacts" / BUNDLE_ARTIFACT
-    if not (bundle / "ugpnet.json").is_file():
+    if not (target / "MLmodel").is_file():
         target.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
                                             dst_path=str(target))
-    if not (bundle / "ugpnet.json").is_file():
+    bundle = bundle_path_in_model(target)
+    if bundle is None:
         raise FileNotFoundError(f"{ref}: the registered model holds no UGPNet bundle artifact")
     return bundle, f"{version.name}/{version.version}"
+
+
+def bundle_path_in_model(model_dir: Path) -> Path | None:
+    """Where the pyfunc model keeps its bundle artifact (MLmodel records the relative path)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
+    relative = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path")
+    bundle = model_dir / relative if relative else None
+    return bundle if bundle is not None and (bundle / "ugpnet.json").is_file() else None
 
 
 def resolve_models_ref(ref: str) -> Path:
@@ -96,9 +106,11 @@ def list_versions(name: str | None = None) -> list[RegisteredVersion]:
     names = [name] if name else [m.name for m in client.search_registered_models()]
     versions = []
     for model_name in names:
+        # search_model_versions leaves aliases empty; the registered model maps alias → version.
+        aliases = client.get_registered_model(model_name).aliases or {}
         for mv in client.search_model_versions(f"name='{model_name}'"):
-            versions.append(RegisteredVersion(model_name, str(mv.version), mv.run_id,
-                                              tuple(getattr(mv, "aliases", ()) or ())))
+            mine = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
+            versions.append(RegisteredVersion(model_name, str(mv.version), mv.run_id, mine))
     return sorted(versions, key=lambda v: (v.name, int(v.version)))
 
 
