@@ -32,7 +32,7 @@ class AugmentationConfig:
 class AffineParams:
     scale: float = 1.0
     translation: tuple[int, int] = (0, 0)   # (tx, ty) pixels, +x right, +y down
-    angle: int = 0                           # degrees, positive = anticlockwise on screen (torchvision)
+    angle: int = 0                           # degrees, positive = clockwise on screen (torchvision `affine`)
 
 
 def sample_affine(iteration: int, size: int, rng: np.random.Generator,
@@ -53,7 +53,7 @@ def apply_affine(images: torch.Tensor, params: AffineParams) -> torch.Tensor:
     b, _, h, w = images.shape
     a = math.radians(params.angle)
     # Output pixel u (relative to the centre) samples input A⁻¹(u − t), with A = scale·rotation.
-    inverse = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+    inverse = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64)
     inverse = inverse / params.scale
     half = torch.tensor([w / 2, h / 2], dtype=torch.float64)  # normalised ↔ pixel units (align_corners=False)
     t = torch.tensor(params.translation, dtype=torch.float64)

@@ -1,0 +1,18 @@
+"""Per-stage training in plain PyTorch (no Ray, MLflow or S3 here): hyperparameters and StageTrainer."""
+
+from ugpnet.training.hyperparams import (
+    OFFICIAL,
+    StageHyperparams,
+    TrainHyperparams,
+    check_hyperparams,
+    check_perceptual_weights,
+    check_stage_hyperparams,
+    default_hyperparams,
+)
+from ugpnet.training.trainer import StageTrainer
+from ugpnet.vgg import MissingWeightsError, PerceptualWeights
+
+__all__ = [
+    "OFFICIAL", "MissingWeightsError", "PerceptualWeights", "StageHyperparams", "StageTrainer", "TrainHyperparams",
+    "check_hyperparams", "check_perceptual_weights", "check_stage_hyperparams", "default_hyperparams",
+]
