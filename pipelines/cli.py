@@ -7,9 +7,9 @@ and config validation stay fast.
 import argparse
 import sys
 
-from pipelines import model_commands, registry_commands
+from pipelines import model_commands, registry_commands, restore, train
 
-VERB_MODULES = [model_commands, registry_commands]
+VERB_MODULES = [model_commands, registry_commands, restore, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

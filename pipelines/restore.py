@@ -1,0 +1,451 @@
+"""`ugpnet restore`: batch restoration of a folder, an S3 prefix or a manifest of URIs on Ray Data.
+
+    list inputs (driver) → read bytes → decode → fit          CPU tasks
+                         → model: fused, or restoration → synthesis → fusion    actor pools
+                         → assemble → encode → write output + done-marker        CPU tasks
+                         → manifest rows (parquet)        <output>/_ugpnet/manifest/<run_id>/
+    run summary (JSON)                                      <output>/_ugpnet/runs/<run_id>.json
+
+Only counts come back to the driver. The model reference is resolved once, on the driver; its
+content hash is the model version recorded in every row and used to skip finished inputs on re-runs.
+
+Exit status: 0 when every input got an outcome (errors included), EXIT_ERROR_RATE when more than
+`max_error_rate` of the processed inputs errored, EXIT_RUN_FAILED when the run itself failed, and 2
+(the CLI's usual) for a bad configuration, which is caught before any work.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines import storage
+from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
+
+EXIT_RUN_FAILED = 1
+EXIT_ERROR_RATE = 3
+DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+OUTPUT_EXTS = ("png", "jpg", "webp")
+STAGE_MODES = ("fused", "split")
+# Memory reserved per model actor: the interpreter, torch and activations, plus copies of the weights
+# (the payload bytes, the loaded state dict, the module). A reservation, not a limit.
+ACTOR_BASE_MEMORY = 512 << 20
+ACTOR_WEIGHT_COPIES = 3
+MANIFEST_ROWS_PER_FILE = 1000
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; raised before any work, naming the field."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"config field '{field_name}': {message}")
+        self.field = field_name
+
+
+@dataclass
+class RestoreConfig:
+    """Everything a restore run needs. Units: pixels, CPUs/GPUs (Ray resources), fractions in [0,1]."""
+
+    input: str                                  # folder, s3://bucket/prefix, one image, or a txt/csv/parquet manifest
+    output: str                                 # folder or s3://bucket/prefix
+    model: str = "default"                      # bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK]
+    fit: str = "resize"                         # resize | tile | error (see ugpnet.fitting)
+    stages: str = "fused"                       # fused: one pool runs all modules; split: one pool per module
+    actors: tuple[int, ...] = (1,)              # pool size; split: one for all pools or restoration,synthesis,fusion
+    batch_size: int = 4                         # model-size tiles per forward pass (and images per model call)
+    gpus_per_actor: float = 0.0                 # fractional allowed; 0 on CPU
+    cpus_per_actor: float = 0.5                 # Ray CPUs reserved per model actor
+    cpus_per_task: float = 0.5                  # Ray CPUs reserved per read/decode or encode/write task
+    threads_per_actor: int = 0                  # torch threads in a CPU actor; 0: max(1, ceil(cpus_per_actor))
+    ext: str = "png"                            # png | jpg | webp
+    suffix: str = ""                            # added to every output stem: a/b.jpg → a/b<suffix>.png
+    quality: int = 95                           # jpg/webp quality, 1..100
+    save_intermediate: bool = False             # also write _intermediate/restored/ and _intermediate/synthesized/
+    overwrite: bool = False                     # redo inputs whose output exists for this model version
+    max_error_rate: float = 1.0                 # errored / processed above this → exit status 3
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # input file endings taken from folders and prefixes
+    tile_overlap: int | None = None             # input pixels; default input_size // 4
+    max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
+    max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
+    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * batch_size
+    run_id: str | None = None                   # default: UTC time + random suffix
+
+    def validate(self) -> "RestoreConfig":
+        """Check and normalise every field; raises ConfigError naming the first bad one."""
+        for name in ("input", "output", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(name, "is required (a non-empty string)")
+        _choice("fit", self.fit, ("resize", "tile", "error"))
+        _choice("stages", self.stages, STAGE_MODES)
+        self.ext = str(self.ext).lower().lstrip(".")
+        self.ext = "jpg" if self.ext == "jpeg" else self.ext
+        _choice("ext", self.ext, OUTPUT_EXTS)
+        self.actors = _int_tuple("actors", self.actors)
+        if any(n < 1 for n in self.actors):
+            raise ConfigError("actors", f"every pool needs at least 1 actor, got {self.actors}")
+        wanted = (1,) if self.stages == "fused" else (1, 3)
+        if len(self.actors) not in wanted:
+            raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
+                                        f"got {len(self.actors)}: {self.actors}")
+        _integer("batch_size", self.batch_size, minimum=1)
+        _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+        _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
+            raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
+        _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
+        _integer("threads_per_actor", self.threads_per_actor, minimum=0)
+        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix:
+            raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
+        _integer("quality", self.quality, minimum=1, maximum=100)
+        for name in ("save_intermediate", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
+        self.extensions = _extensions(self.extensions)
+        if self.tile_overlap is not None:
+            _integer("tile_overlap", self.tile_overlap, minimum=0)
+        _integer("max_pixels", self.max_pixels, minimum=1)
+        _integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        _integer("rows_per_block", self.rows_per_block, minimum=0)
+        if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id
+                                        or storage.safe_relative_key(self.run_id) != self.run_id or "/" in self.run_id):
+            raise ConfigError("run_id", f"must be a plain name (no '/', '..' or control chars), got {self.run_id!r}")
+        return self
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:
+        if self.stages == "fused":
+            return {"fused": self.actors[0]}
+        sizes = self.actors * 3 if len(self.actors) == 1 else self.actors
+        return dict(zip(MODULES, sizes, strict=True))
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "RestoreConfig":
+        """From a config file's mapping; keys are field names (`-` or `_`), unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        normalised = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
+            normalised[name] = value
+        for name in ("input", "output"):
+            if name not in normalised:
+                raise ConfigError(name, "is required")
+        return cls(**normalised)
+
+    def public_dict(self) -> dict:
+        """The config as recorded in run summaries (it holds no secrets: those stay in the environment)."""
+        data = asdict(self)
+        data["actors"], data["extensions"] = list(self.actors), list(self.extensions)
+        return data
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _integer(name, value, minimum=None, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ConfigError(name, f"must be {bounds}, got {value}")
+
+
+def _number(name, value, minimum=None, maximum=None, exclusive=False):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if minimum is not None and (value < minimum or exclusive and value == minimum):
+        raise ConfigError(name, f"must be {'>' if exclusive else '>='} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be <= {maximum}, got {value}")
+
+
+def _int_tuple(name, value) -> tuple[int, ...]:
+    parts = str(value).split(",") if isinstance(value, str | int) else list(value)
+    try:
+        return tuple(int(str(part).strip()) for part in parts)
+    except ValueError:
+        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}") from None
+
+
+def _extensions(value) -> tuple[str, ...]:
+    parts = str(value).split(",") if isinstance(value, str) else list(value)
+    cleaned = tuple("." + str(p).strip().lower().lstrip(".") for p in parts if str(p).strip())
+    if not cleaned:
+        raise ConfigError("extensions", "needs at least one file ending, e.g. jpg,png")
+    return cleaned
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    total: int
+    ok: int
+    errors: int
+    skipped: int
+    duration_s: float
+    images_per_s: float          # ok outputs per second of wall time (listing to summary)
+    error_rate: float            # errors / (ok + errors)
+    max_error_rate: float
+    output: str
+    manifest: str
+    summary_path: str
+    model: dict
+    stage_ms: dict = field(default_factory=dict)  # summed per-input milliseconds per stage
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_ERROR_RATE if self.error_rate > self.max_error_rate else 0
+
+    def line(self) -> str:
+        return (f"restore {self.run_id}: {self.ok} ok, {self.errors} error, {self.skipped} skipped of {self.total} "
+                f"inputs in {self.duration_s:.1f} s ({self.images_per_s:.2f} images/s); "
+                f"model {self.model.get('version')}; manifest {self.manifest}")
+
+
+# ---------------------------------------------------------------- the run
+
+def run(config: RestoreConfig) -> RunSummary:
+    """Validate, plan on the driver, stream the inputs through Ray Data, write the summary."""
+    from pipelines.model_refs import ModelRefError, load_payload, resolve_model
+    from pipelines.restore_inputs import InputError, list_inputs, plan_rows
+
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    config.validate()
+    run_id = config.run_id or f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    s3 = storage.s3_spec_from_env()
+    source = _location("input", config.input, s3)
+    output = _location("output", config.output, s3)
+    if source.spec == output.spec and source.path == output.path:
+        raise ConfigError("output", "must differ from the input (outputs would overwrite inputs)")
+    _check_output_root(output)
+    try:
+        model = resolve_model(config.model)
+    except ModelRefError as err:
+        raise ConfigError("model", str(err)) from err
+    try:
+        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=output)
+    except (InputError, OSError) as err:
+        raise ConfigError("input", str(err)) from err
+    rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
+                     model_version=model.model_version, overwrite=config.overwrite)
+
+    manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
+    if rows:
+        import ray
+
+        started_ray = _ensure_ray()
+        try:
+            _check_resources(config)
+            payload_ref = ray.put(load_payload(model))
+            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    counts, stage_ms = _read_back(manifest_dir) if rows else ({}, {})
+    if sum(counts.values()) != len(rows):
+        raise RuntimeError(f"the manifest holds {sum(counts.values())} rows for {len(rows)} inputs")
+    duration = time.perf_counter() - started
+    ok, errors = counts.get(OK, 0), counts.get(ERROR, 0)
+    summary = RunSummary(
+        run_id=run_id, total=len(rows), ok=ok, errors=errors, skipped=counts.get(SKIPPED, 0),
+        duration_s=round(duration, 3), images_per_s=round(ok / duration, 4) if duration > 0 else 0.0,
+        error_rate=round(errors / (ok + errors), 6) if ok + errors else 0.0, max_error_rate=config.max_error_rate,
+        output=output.uri, manifest=manifest_dir.uri, summary_path=output.child(f"_ugpnet/runs/{run_id}.json").uri,
+        model=model.describe(), stage_ms=stage_ms)
+    record = {**asdict(summary), "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
+              "exit_status": summary.exit_status, "config": config.public_dict(),
+              "error_rate_definition": "errors / (ok + errors)"}
+    storage.write_bytes(output.child(f"_ugpnet/runs/{run_id}.json"), json.dumps(record, indent=2).encode())
+    print(summary.line(), flush=True)
+    return summary
+
+
+def _location(name: str, uri: str, s3: storage.StorageSpec) -> storage.Location:
+    try:
+        return storage.resolve(uri, s3)
+    except storage.StorageError as err:
+        raise ConfigError(name, str(err)) from err
+
+
+def _check_output_root(output: storage.Location) -> None:
+    """Fail now, not once per image, when the output cannot exist: no bucket, or a file in the way."""
+    try:
+        if output.spec.scheme == "s3":
+            bucket = storage.Location(output.spec, output.path.split("/", 1)[0])
+            if storage.file_info(bucket).type == storage.pafs.FileType.NotFound:
+                raise ConfigError("output", f"bucket s3://{bucket.path} does not exist")
+        if storage.file_info(output).type == storage.pafs.FileType.File:
+            raise ConfigError("output", f"{output.uri} is a file, not a folder")
+    except OSError as err:
+        raise ConfigError("output", f"cannot reach {output.uri}: {err}") from err
+
+
+def _ensure_ray() -> bool:
+    """Connect to the cluster in RAY_ADDRESS (as in `ray job submit`), else start a local one.
+    Returns whether this call started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(include_dashboard=False)
+    return True
+
+
+def _check_resources(config: RestoreConfig) -> None:
+    """Pools that can never be placed make Ray Data wait forever; say so instead, naming the field."""
+    import ray
+
+    resources = ray.cluster_resources()
+    actors = sum(config.pool_sizes.values())
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    growable = bool(os.environ.get("RAY_ADDRESS"))  # an existing cluster may autoscale; a local one cannot
+    if config.gpus_per_actor > 0 and actors * config.gpus_per_actor > gpus and not growable:
+        raise ConfigError("gpus_per_actor", f"{actors} actor(s) x {config.gpus_per_actor} GPU exceed the "
+                                            f"{gpus:g} GPU(s) of this Ray cluster")
+    needed = actors * config.cpus_per_actor + config.cpus_per_task
+    if needed > cpus + 1e-9 and not growable:
+        raise ConfigError("actors", f"{actors} actor(s) x {config.cpus_per_actor} CPU plus one "
+                                    f"{config.cpus_per_task}-CPU task need {needed:g} CPUs; this Ray cluster has "
+                                    f"{cpus:g} (lower actors or cpus_per_actor)")
+
+
+def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
+    import ray
+
+    from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
+
+    settings = StageSettings(
+        run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
+        input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
+        max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
+        quality=config.quality, save_intermediate=config.save_intermediate)
+    rows_per_block = config.rows_per_block or 2 * config.batch_size
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+    dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
+                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+    threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
+    actor_memory = ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * model.weights_bytes
+    for module, size in config.pool_sizes.items():
+        dataset = dataset.map_batches(
+            ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
+                                                   batch_size=config.batch_size, threads=threads,
+                                                   use_gpu=config.gpus_per_actor > 0,
+                                                   keep_intermediate=config.save_intermediate),
+            batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+            # Reserving the model's memory also keeps Ray from fusing the CPU decode tasks into the
+            # model actors (it fuses only stages with equal resource requests). Ray Data restarts a
+            # killed actor and re-runs its batch by default (max_restarts=-1, max_task_retries=-1).
+            memory=actor_memory)
+    dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
+                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+    dataset.write_parquet(manifest_dir.path, filesystem=manifest_dir.filesystem,
+                          min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE))
+
+
+def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float]]:
+    """Counts per status and summed stage times: the only things the driver reads of the results."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    columns = ["status", "read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms"]
+    table = pads.dataset(manifest_dir.path, filesystem=manifest_dir.filesystem, format="parquet").to_table(
+        columns=columns)
+    counts = {status: int(pc.sum(pc.equal(table["status"], status)).as_py() or 0) for status in (OK, ERROR, SKIPPED,
+                                                                                                  PENDING)}
+    stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[1:]}
+    return {k: v for k, v in counts.items() if v}, stage_ms
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser("restore", help="restore a folder, an S3 prefix or a manifest of images on Ray Data",
+                            description=__doc__.split("\n\n")[0])
+    arg = parser.add_argument
+    arg("--config", help="YAML or JSON file of RestoreConfig fields; flags given here override it")
+    arg("--input", help="folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest of URIs")
+    arg("--output", help="folder or s3://bucket/prefix")
+    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK] (default: default)")
+    arg("--fit", choices=("resize", "tile", "error"), help="how any image size meets the model (default: resize)")
+    arg("--stages", choices=STAGE_MODES, help="fused: one actor pool; split: one pool per module (default: fused)")
+    arg("--actors", help="actors per pool; split mode also takes R,S,F (default: 1)")
+    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--gpus-per-actor", type=float, help="GPUs per model actor, fractional allowed (default: 0)")
+    arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
+    arg("--cpus-per-task", type=float, help="CPUs reserved per decode/encode task (default: 0.5)")
+    arg("--threads-per-actor", type=int, help="torch threads per CPU actor (default: ceil(cpus-per-actor))")
+    arg("--ext", choices=("png", "jpg", "jpeg", "webp"), help="output format (default: png)")
+    arg("--suffix", help="appended to each output stem (default: none)")
+    arg("--quality", type=int, help="jpg/webp quality 1..100 (default: 95)")
+    arg("--save-intermediate", action="store_true", default=None,
+        help="also write _intermediate/restored/ and _intermediate/synthesized/")
+    arg("--overwrite", action="store_true", default=None, help="redo inputs already done for this model version")
+    arg("--max-error-rate", type=float, help="exit 3 when errors / processed exceeds this (default: 1.0)")
+    arg("--extensions", help="comma-separated input file endings (default: png,jpg,jpeg,webp,tif,tiff,bmp,gif)")
+    arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
+    arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
+    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
+    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x batch size)")
+    arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
+    parser.set_defaults(handler=handle)
+
+
+def config_from_args(args) -> RestoreConfig:
+    values = load_config_file(args.config) if args.config else {}
+    for f in fields(RestoreConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return RestoreConfig.from_mapping(values).validate()
+
+
+def load_config_file(path: str) -> dict:
+    text_path = Path(path)
+    if not text_path.is_file():
+        raise ConfigError("config", f"{path} is not a file")
+    text = text_path.read_text()
+    try:
+        if text_path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:
+        raise ConfigError("config", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {err}") \
+            from err
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of field names to values")
+    return data.get("restore", data) if isinstance(data.get("restore"), dict) else data
+
+
+def handle(args) -> int:
+    config = config_from_args(args)  # ConfigError → the CLI prints it and exits 2
+    try:
+        summary = run(config)
+    except ConfigError:
+        raise
+    except Exception as err:
+        traceback.print_exc()
+        print(f"ugpnet restore: run failed: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    if summary.exit_status == EXIT_ERROR_RATE:
+        print(f"ugpnet restore: error rate {summary.error_rate:.3f} exceeds --max-error-rate "
+              f"{summary.max_error_rate}", file=sys.stderr)
+    return summary.exit_status

@@ -1,0 +1,180 @@
+"""What a restore run will do, decided on the driver before any pixel moves: the inputs (a folder, an
+S3 prefix, one file, or a manifest file listing URIs), the output key of each, and which inputs are
+already done for this model version.
+
+Re-runs: after writing an output, the writer stores an empty-ish marker
+`<output>/_ugpnet/done/<output key>@<model version>`. One recursive listing of the output root then
+says which outputs exist and for which version, so a run that was killed is re-run without redoing
+what finished, and outputs made by another model version are redone (and their markers removed).
+"""
+
+import csv
+import io
+import json
+import posixpath
+from dataclasses import dataclass
+
+from pipelines import storage
+from pipelines.restore_stages import DONE_DIR, ERROR, INTERMEDIATE_DIR, PENDING, SKIPPED
+
+MANIFEST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".parquet")
+URI_COLUMNS = ("input_uri", "uri", "path", "url", "input")
+KEY_COLUMNS = ("key", "relative_path", "output_key")
+RESERVED_TOP_LEVEL = ("_ugpnet", INTERMEDIATE_DIR)
+
+
+class InputError(ValueError):
+    """The input cannot be listed: missing, empty manifest, unreadable manifest."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    input_uri: str
+    relative_key: str  # as listed or given (not yet made safe)
+
+
+def list_inputs(source: storage.Location, *, extensions: tuple[str, ...], s3: storage.StorageSpec,
+                exclude: storage.Location | None = None) -> tuple[list[InputItem], str]:
+    """The inputs and what `source` was: 'directory', 'file' or 'manifest'."""
+    info = storage.file_info(source)
+    if info.type == storage.pafs.FileType.NotFound:
+        raise InputError(f"{source.uri} does not exist")
+    if info.type == storage.pafs.FileType.File:
+        if source.path.lower().endswith(MANIFEST_EXTENSIONS):
+            return read_manifest(source, s3), "manifest"
+        return [InputItem(source.uri, posixpath.basename(source.path))], "file"
+    wanted = tuple(ext.lower() for ext in extensions)
+    items = []
+    for file in storage.list_files(source):
+        location = storage.Location(source.spec, file.path)
+        if exclude is not None and exclude.contains(location):
+            continue
+        if wanted and not file.path.lower().endswith(wanted):
+            continue
+        items.append(InputItem(location.uri, storage.relative_to(source, file.path)))
+    return sorted(items, key=lambda item: item.input_uri), "directory"
+
+
+def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[InputItem]:
+    """URIs from a .txt (one per line, `#` comments), .csv (a uri/path column, optional key column)
+    or .parquet file. Relative entries are relative to the manifest's own directory."""
+    data = storage.read_bytes(manifest)
+    suffix = posixpath.splitext(manifest.path.lower())[1]
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(data))
+            uri_column = _pick(table.column_names, URI_COLUMNS) or table.column_names[0]
+            key_column = _pick(table.column_names, KEY_COLUMNS)
+            uris = [str(v) if v is not None else "" for v in table.column(uri_column).to_pylist()]
+            keys = table.column(key_column).to_pylist() if key_column else [None] * len(uris)
+        elif suffix == ".csv":
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+            header = [h.strip().lower() for h in rows[0]] if rows else []
+            uri_index = _index(header, URI_COLUMNS)
+            key_index = _index(header, KEY_COLUMNS)
+            body = rows[1:] if uri_index is not None else rows
+            uri_index = uri_index or 0
+            uris = [row[uri_index].strip() if len(row) > uri_index else "" for row in body]
+            keys = [row[key_index] if key_index is not None and len(row) > key_index else None for row in body]
+        else:
+            lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
+            uris = [line for line in lines if line and not line.startswith("#")]
+            keys = [None] * len(uris)
+    except (UnicodeDecodeError, ValueError, OSError) as err:
+        raise InputError(f"cannot read the manifest {manifest.uri}: {err}") from err
+    entries = [(uri, key) for uri, key in zip(uris, keys, strict=True) if uri]
+    if not entries:
+        raise InputError(f"the manifest {manifest.uri} lists no inputs")
+    base = posixpath.dirname(manifest.path)
+    locations = []
+    for uri, _ in entries:
+        if "://" in uri or uri.startswith("/"):
+            locations.append(storage.resolve(uri, s3))
+        else:  # relative to the manifest, on the manifest's filesystem
+            locations.append(storage.Location(manifest.spec, posixpath.normpath(posixpath.join(base, uri))))
+    root = _common_directory(locations)
+    items = []
+    for location, (_, key) in zip(locations, entries, strict=True):
+        relative = key if key not in (None, "") else _scheme_free(location)[len(root):].lstrip("/")
+        items.append(InputItem(location.uri, str(relative)))
+    return items
+
+
+def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[name] for name in wanted if name in lowered), None)
+
+
+def _index(header: list[str], wanted: tuple[str, ...]) -> int | None:
+    return next((header.index(name) for name in wanted if name in header), None)
+
+
+def _scheme_free(location: storage.Location) -> str:
+    return location.path if location.spec.scheme == "s3" else location.path.lstrip("/")
+
+
+def _common_directory(locations: list[storage.Location]) -> str:
+    """Longest directory shared by every entry (scheme-free paths), so outputs keep the structure
+    below it; entries on different filesystems share none."""
+    if len({location.spec.scheme for location in locations}) > 1:
+        return ""
+    directories = [posixpath.dirname(_scheme_free(location)) for location in locations]
+    common = posixpath.commonpath(directories) if all(directories) else ""
+    return common
+
+
+# ---------------------------------------------------------------- output keys and re-runs
+
+def output_key(relative_key: str, *, ext: str, suffix: str) -> str:
+    """`a/b/c.jpg` → `a/b/c<suffix>.<ext>`, made safe (see storage.safe_relative_key)."""
+    safe = storage.safe_relative_key(relative_key)
+    directory, name = posixpath.split(safe)
+    stem = posixpath.splitext(name)[0] if posixpath.splitext(name)[1] else name
+    return storage.safe_relative_key(posixpath.join(directory, f"{stem}{suffix}.{ext}"))
+
+
+def existing_outputs(output_root: storage.Location) -> tuple[set[str], dict[str, set[str]]]:
+    """(output keys present, {output key: model versions with a done-marker}) from one listing."""
+    present, markers = set(), {}
+    marker_prefix = DONE_DIR + "/"
+    for file in storage.list_files(output_root):
+        relative = storage.relative_to(output_root, file.path)
+        if relative.startswith(marker_prefix):
+            key, sep, version = relative[len(marker_prefix):].rpartition("@")
+            if sep:
+                markers.setdefault(key, set()).add(version)
+        else:
+            present.add(relative)
+    return present, markers
+
+
+def plan_rows(items: list[InputItem], *, output_root: storage.Location, ext: str, suffix: str, model_version: str,
+              overwrite: bool) -> list[dict]:
+    """One row per input: `pending`, `skipped` (done for this version) or `error` (unusable name)."""
+    present, markers = existing_outputs(output_root)
+    rows, claimed = [], {}
+    for item in items:
+        row = {"input_uri": item.input_uri, "output_rel": "", "status": PENDING, "error": "", "stale_markers": "[]"}
+        rows.append(row)
+        try:
+            key = output_key(item.relative_key, ext=ext, suffix=suffix)
+        except storage.StorageError as err:
+            row["status"], row["error"] = ERROR, f"name: {err}"
+            continue
+        if key.split("/", 1)[0] in RESERVED_TOP_LEVEL:
+            row["status"], row["error"] = ERROR, f"name: output key {key!r} is inside a reserved directory"
+            continue
+        if key in claimed:
+            row["status"], row["error"] = ERROR, f"name: output {key!r} is already the output of {claimed[key]}"
+            continue
+        claimed[key] = item.input_uri
+        row["output_rel"] = key
+        versions = markers.get(key, set())
+        if not overwrite and model_version in versions and key in present:
+            row["status"] = SKIPPED
+            continue
+        stale = sorted(f"{DONE_DIR}/{key}@{version}" for version in versions if version != model_version)
+        row["stale_markers"] = json.dumps(stale)
+    return rows

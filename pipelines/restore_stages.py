@@ -1,0 +1,402 @@
+"""The Ray Data stages of `ugpnet restore`: read → decode → fit (CPU tasks) → model (actor pools)
+→ assemble → encode → write (CPU tasks). They live in the package because Ray workers must be able
+to import them.
+
+Every row is one input and carries `status`: `pending` rows are worked on; `error` and `skipped`
+rows pass through every stage untouched, so each input reaches the manifest exactly once. A stage
+that fails on one input turns that row into an `error` row with the stage name and the reason.
+
+Between stages, an image travels as model-size tiles (N,3,s,s) float32 in [0,1] plus its `FitPlan`
+(JSON); the model outputs travel as (N,3,S,S) tiles (S = s*scale) and, in split mode, the features
+F_R and F_G as (N,C,S,S) float32. The alpha plane (H,W) float32 in [0,1] rides along untouched.
+"""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import storage
+
+PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
+MODULES = ("restoration", "synthesis", "fusion")
+READ_THREADS = 8  # concurrent GETs per read task: S3 latency, not CPU, bounds reading
+DONE_DIR = "_ugpnet/done"
+INTERMEDIATE_DIR = "_intermediate"
+
+MANIFEST_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("input_uri", pa.string()),
+    ("output_uri", pa.string()),
+    ("status", pa.string()),           # ok | error | skipped
+    ("error", pa.string()),            # "<stage>: <reason>" for errors, else null
+    ("model_ref", pa.string()),
+    ("model_version", pa.string()),
+    ("width", pa.int32()),             # input pixels, after EXIF orientation
+    ("height", pa.int32()),
+    ("out_width", pa.int32()),
+    ("out_height", pa.int32()),
+    ("source_format", pa.string()),
+    ("source_mode", pa.string()),
+    ("has_alpha", pa.bool_()),
+    ("tiles", pa.int32()),             # model-size tiles the fit cut the image into
+    ("bytes_in", pa.int64()),
+    ("bytes_out", pa.int64()),
+    ("read_ms", pa.float64()),
+    ("decode_ms", pa.float64()),       # decode + fit
+    ("model_ms", pa.float64()),        # this input's share of its model batches, all modules
+    ("encode_ms", pa.float64()),       # assemble + encode
+    ("write_ms", pa.float64()),
+    ("duration_ms", pa.float64()),     # sum of the above: the work this input cost
+])
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything the CPU stages need; picklable and free of secrets."""
+
+    run_id: str
+    model_ref: str
+    model_version: str
+    output_root: storage.Location
+    s3: storage.StorageSpec
+    input_size: int
+    scale: int
+    fit: str
+    tile_overlap: int | None
+    max_pixels: int
+    max_output_pixels: int
+    ext: str
+    quality: int
+    save_intermediate: bool
+
+
+def marker_key(output_rel: str, model_version: str) -> str:
+    """Written after the output: its presence means the output exists for that model version."""
+    return f"{DONE_DIR}/{output_rel}@{model_version}"
+
+
+# ---------------------------------------------------------------- read, decode, fit (CPU task)
+
+def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
+    import ugpnet.fitting  # noqa: F401  (imported before any timing: the first import takes seconds)
+    import ugpnet.images  # noqa: F401
+
+    rows = _rows(batch)
+    if not rows:
+        return batch
+    pending = [i for i, row in enumerate(rows) if row["status"] == PENDING]
+    with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(pending)))) as pool:
+        reads = dict(zip(pending, pool.map(lambda i: _timed_read(rows[i]["input_uri"], settings.s3), pending),
+                         strict=True))
+    empty_tiles = np.zeros((0, 3, settings.input_size, settings.input_size), np.float32)
+    out = {key: [] for key in (*rows[0].keys(), "tiles", "alpha", "fit_plan", "width", "height", "source_format",
+                               "source_mode", "bytes_in", "read_ms", "decode_ms")}
+    for index, row in enumerate(rows):
+        tiles, alpha, plan, info = empty_tiles, np.zeros((0, 0), np.float32), "", {}
+        if index in reads:
+            data, read_ms, read_error = reads[index]
+            info["read_ms"] = read_ms
+            if read_error:
+                row["status"], row["error"] = ERROR, f"read: {read_error}"
+            else:
+                info["bytes_in"] = len(data)
+                started = time.perf_counter()
+                try:
+                    tiles, alpha, plan, decoded_info = _decode_and_fit(data, settings)
+                    info.update(decoded_info)
+                except Exception as err:  # every failure becomes this row's error, never the job's
+                    stage = getattr(err, "stage", "decode")
+                    row["status"], row["error"] = ERROR, f"{stage}: {_reason(err)}"
+                    info.update(getattr(err, "info", {}))
+                info["decode_ms"] = (time.perf_counter() - started) * 1000
+        for key, value in row.items():
+            out[key].append(value)
+        out["tiles"].append(tiles)
+        out["alpha"].append(alpha)
+        out["fit_plan"].append(plan)
+        for key in ("width", "height", "bytes_in"):
+            out[key].append(int(info.get(key, -1)))
+        for key in ("source_format", "source_mode"):
+            out[key].append(str(info.get(key, "")))
+        for key in ("read_ms", "decode_ms"):
+            out[key].append(float(info.get(key, 0.0)))
+    return out
+
+
+def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str]:
+    started = time.perf_counter()
+    try:
+        data = storage.read_bytes(storage.resolve(uri, s3))
+        return data, (time.perf_counter() - started) * 1000, ""
+    except Exception as err:
+        return b"", (time.perf_counter() - started) * 1000, _reason(err)
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, message: str, info: dict):
+        super().__init__(message)
+        self.stage, self.info = stage, info
+
+
+def _decode_and_fit(data: bytes, settings: StageSettings):
+    import torch
+
+    from ugpnet.fitting import cut_tiles, plan_fit, prepare_canvas
+    from ugpnet.images import decode_image
+
+    decoded = decode_image(data, max_pixels=settings.max_pixels)
+    info = {"width": decoded.width, "height": decoded.height, "source_format": decoded.source_format,
+            "source_mode": decoded.source_mode}
+    out_pixels = decoded.width * decoded.height * settings.scale ** 2
+    if out_pixels > settings.max_output_pixels:
+        raise _StageError("fit", f"output would be {decoded.width * settings.scale}x{decoded.height * settings.scale}"
+                                 f" = {out_pixels / 1e6:.4g} Mpx, over the limit of "
+                                 f"{settings.max_output_pixels / 1e6:.4g} Mpx", info)
+    try:
+        plan = plan_fit(decoded.height, decoded.width, input_size=settings.input_size, scale=settings.scale,
+                        policy=settings.fit, tile_overlap=settings.tile_overlap)
+    except ValueError as err:
+        raise _StageError("fit", str(err), info) from err
+    image = torch.from_numpy(decoded.rgb).permute(2, 0, 1).unsqueeze(0)
+    tiles = cut_tiles(prepare_canvas(image, plan), plan).contiguous().numpy()
+    alpha = decoded.alpha if decoded.alpha is not None else np.zeros((0, 0), np.float32)
+    return tiles, alpha, plan.to_json(), info
+
+
+# ---------------------------------------------------------------- model stages (actor pools)
+
+class ModelStage:
+    """One actor of a model pool. `module` is `fused` (restoration → synthesis → fusion in one
+    actor) or one of MODULES (split mode: a pool per module, features passed in the rows)."""
+
+    def __init__(self, payload_ref, module: str, batch_size: int, threads: int, use_gpu: bool,
+                 keep_intermediate: bool):
+        import ray
+        import torch
+
+        if module not in ("fused", *MODULES):
+            raise ValueError(f"unknown model module {module!r}")
+        payload = ray.get(payload_ref) if isinstance(payload_ref, ray.ObjectRef) else payload_ref
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.model = build_model(payload, self.device)
+        self.module, self.batch_size, self.keep_intermediate = module, batch_size, keep_intermediate
+        generator, size = self.model.synmodule.generator, self.model.preset.resolution
+        # Shapes of the empty arrays that error/skipped rows carry in each output column.
+        self._empty = {"restoration_feature": (0, self.model.preset.restoration_feature_channels, size, size),
+                       "synthesis_feature": (0, generator.channels[generator.out_size], size, size)}
+        self._empty_image = (0, 3, size, size)
+        # Release the modules this actor does not run, so a split pool holds only its own weights.
+        if module != "fused":
+            keep = {"restoration": "resmodule", "synthesis": "synmodule", "fusion": "fusmodule"}[module]
+            for name in ("resmodule", "synmodule", "fusmodule"):
+                if name != keep:
+                    setattr(self.model, name, None)
+
+    # Which row columns a module reads and writes.
+    _INPUTS = {"fused": ("tiles",), "restoration": ("tiles",), "synthesis": ("restored",),
+               "fusion": ("synthesis_feature", "restoration_feature")}
+
+    def _outputs(self) -> tuple[str, ...]:
+        if self.module == "fused":
+            return ("fused", "restored", "synthesized") if self.keep_intermediate else ("fused",)
+        return {"restoration": ("restored", "restoration_feature"),
+                "synthesis": ("synthesized", "synthesis_feature"), "fusion": ("fused",)}[self.module]
+
+    def _dropped(self) -> tuple[str, ...]:
+        """Columns no later stage needs."""
+        if self.module in ("fused", "restoration"):
+            return ("tiles",)
+        if self.module == "synthesis":
+            return () if self.keep_intermediate else ("restored",)
+        dropped = ("synthesis_feature", "restoration_feature")
+        return dropped if self.keep_intermediate else (*dropped, "synthesized")
+
+    def _run(self, *inputs):
+        import torch
+
+        inputs = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
+        model = self.model
+        if self.module == "fused":
+            result = model(*inputs, return_all=True)
+            outs = (result.fused, result.restored, result.synthesized) if self.keep_intermediate else (result.fused,)
+        elif self.module == "restoration":
+            outs = model.resmodule(*inputs)
+        elif self.module == "synthesis":
+            outs = model.synmodule(*inputs, randomize_noise=model.randomize_noise)
+        else:
+            outs = (model.fusmodule(*inputs),)
+        return [o.float().cpu().numpy() for o in outs]
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        statuses = list(batch["status"])
+        pending = [i for i, status in enumerate(statuses) if status == PENDING]
+        in_names, out_names = self._INPUTS[self.module], self._outputs()
+        per_row = {name: [None] * len(statuses) for name in out_names}
+        model_ms = [float(x) for x in batch.get("model_ms", np.zeros(len(statuses)))]
+        errors = list(batch["error"])
+        if pending:
+            counts = [len(batch[in_names[0]][i]) for i in pending]
+            stacked = [np.concatenate([batch[name][i] for i in pending]) for name in in_names]
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
+                              for first in range(0, len(stacked[0]), self.batch_size)]
+                outputs = [np.concatenate([c[k] for c in chunks]) if chunks else None for k in range(len(out_names))]
+            except Exception as err:  # a batch the model cannot run: fail its rows, keep the job
+                outputs = None
+                for i in pending:
+                    statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            total = max(1, sum(counts))
+            offset = 0
+            for i, count in zip(pending, counts, strict=True):
+                model_ms[i] += elapsed_ms * count / total
+                if outputs is not None:
+                    for name, output in zip(out_names, outputs, strict=True):
+                        per_row[name][i] = output[offset:offset + count]
+                offset += count
+        out = {key: value for key, value in batch.items() if key not in self._dropped()}
+        for name in out_names:
+            empty = np.zeros(self._empty_shape(name), np.float32)
+            out[name] = [value if value is not None else empty for value in per_row[name]]
+        out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
+        return out
+
+    def _empty_shape(self, name: str) -> tuple[int, ...]:
+        return self._empty.get(name, self._empty_image)
+
+
+def build_model(payload: dict, device):
+    """A UGPNet from a bundle payload (config JSON + safetensors bytes), strictly loaded, in eval mode."""
+    from safetensors.torch import load as load_safetensors
+
+    from ugpnet.checkpoint import load_state_dict_strict
+    from ugpnet.model import UGPNet
+    from ugpnet.presets import Preset
+
+    config = json.loads(payload["config"])
+    model = UGPNet(Preset.from_dict(config["preset"]))
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}")
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- assemble, encode, write (CPU task)
+
+def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
+    rows = _rows(batch)
+    if not rows:
+        return MANIFEST_SCHEMA.empty_table()
+    columns = {field.name: [] for field in MANIFEST_SCHEMA}
+    for index, row in enumerate(rows):
+        record = {"out_width": None, "out_height": None, "bytes_out": None, "encode_ms": None, "write_ms": None}
+        output = settings.output_root.child(row["output_rel"]) if row["output_rel"] else None
+        if row["status"] == PENDING:
+            try:
+                record.update(_encode_and_write_one(batch, index, row, output, settings))
+                row["status"], row["error"] = OK, ""
+            except _StageError as err:
+                row["status"], row["error"] = ERROR, f"{err.stage}: {err}"
+                record.update(err.info)
+        has_alpha = row.get("alpha") is not None and np.asarray(row["alpha"]).size > 0
+        values = {
+            "run_id": settings.run_id, "input_uri": row["input_uri"],
+            "output_uri": output.uri if output is not None and row["status"] in (OK, SKIPPED) else None,
+            "status": row["status"], "error": row["error"] or None, "model_ref": settings.model_ref,
+            "model_version": settings.model_version,
+            "width": _maybe(row.get("width")), "height": _maybe(row.get("height")),
+            "source_format": row.get("source_format") or None, "source_mode": row.get("source_mode") or None,
+            "has_alpha": has_alpha if row["status"] != SKIPPED else None,
+            "tiles": len(batch["fused"][index]) if row["status"] == OK else None,
+            "bytes_in": _maybe(row.get("bytes_in")),
+            "read_ms": row.get("read_ms"), "decode_ms": row.get("decode_ms"), "model_ms": row.get("model_ms"),
+            **record,
+        }
+        if row["status"] == SKIPPED:
+            for key in ("read_ms", "decode_ms", "model_ms"):
+                values[key] = None
+        stage_ms = [values[k] for k in ("read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms")]
+        values["duration_ms"] = float(sum(v for v in stage_ms if v)) if row["status"] != SKIPPED else None
+        for name in columns:
+            columns[name].append(values.get(name))
+    return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
+
+
+def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Location,
+                          settings: StageSettings) -> dict:
+    import torch
+
+    from ugpnet.fitting import FitPlan, assemble
+    from ugpnet.images import encode_image, resize_alpha
+
+    started = time.perf_counter()
+    files = {output: "fused"}
+    if settings.save_intermediate:
+        for name in ("restored", "synthesized"):
+            files[settings.output_root.child(f"{INTERMEDIATE_DIR}/{name}/{row['output_rel']}")] = name
+    try:
+        plan = FitPlan.from_json(row["fit_plan"])
+        alpha = np.asarray(batch["alpha"][index])
+        encoded = {}
+        for location, column in files.items():
+            image = assemble(torch.from_numpy(np.ascontiguousarray(batch[column][index])), plan)[0]
+            rgb = image.permute(1, 2, 0).numpy()
+            if alpha.size and alpha.shape != rgb.shape[:2]:
+                alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])
+            encoded[location] = encode_image(rgb, alpha=alpha if alpha.size else None, fmt=settings.ext,
+                                             quality=settings.quality)
+        out_height, out_width = rgb.shape[:2]
+    except Exception as err:
+        raise _StageError("encode", _reason(err), {"encode_ms": (time.perf_counter() - started) * 1000}) from err
+    encode_ms = (time.perf_counter() - started) * 1000
+    info = {"out_width": out_width, "out_height": out_height, "bytes_out": len(encoded[output]),
+            "encode_ms": encode_ms}
+    started = time.perf_counter()
+    try:
+        # Intermediates first, the output next, the done-marker last: a marker implies the output.
+        for location in sorted(encoded, key=lambda loc: loc == output):
+            storage.write_bytes(location, encoded[location])
+        storage.write_bytes(settings.output_root.child(marker_key(row["output_rel"], settings.model_version)),
+                            json.dumps({"input_uri": row["input_uri"], "run_id": settings.run_id}).encode())
+        for stale in json.loads(row["stale_markers"] or "[]"):
+            storage.delete_if_exists(settings.output_root.child(stale))
+    except Exception as err:
+        info["write_ms"] = (time.perf_counter() - started) * 1000
+        raise _StageError("write", _reason(err), info) from err
+    info["write_ms"] = (time.perf_counter() - started) * 1000
+    return info
+
+
+# ---------------------------------------------------------------- helpers
+
+def _rows(batch: dict) -> list[dict]:
+    """Light (non-array) columns of a numpy-format batch, one dict per row."""
+    names = [name for name in batch if name not in _HEAVY]
+    count = len(batch["status"])
+    return [{name: _plain(batch[name][i]) for name in names} for i in range(count)]
+
+
+_HEAVY = {"tiles", "restored", "synthesized", "fused", "restoration_feature", "synthesis_feature"}
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _maybe(value):
+    return None if value is None or value == -1 else int(value)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().replace("\n", " ") or type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
