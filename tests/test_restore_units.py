@@ -1,0 +1,356 @@
+"""`ugpnet restore` without Ray: config validation, storage safety, input planning, model references,
+and the stage functions called directly (including fused vs split equality before quantisation)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from restore_samples import bad_samples, good_samples, photo
+
+import ugpnet
+from pipelines import cli, storage
+from pipelines.model_refs import ModelRefError, load_payload, resolve_model
+from pipelines.restore import ConfigError, RestoreConfig, config_from_args
+from pipelines.restore_inputs import list_inputs, output_key, plan_rows, read_manifest
+from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, marker_key, read_decode_fit
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL = storage.StorageSpec("local")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return ugpnet.save(ugpnet.build("tiny_denoise", seed=0), tmp_path_factory.mktemp("bundle") / "tiny_denoise")
+
+
+# ---------------------------------------------------------------- config
+
+def test_defaults_validate():
+    config = RestoreConfig(input="in", output="out").validate()
+    assert (config.fit, config.stages, config.actors, config.ext) == ("resize", "fused", (1,), "png")
+    assert config.pool_sizes == {"fused": 1}
+    split = RestoreConfig(input="in", output="out", stages="split", actors="2,1,3").validate()
+    assert split.pool_sizes == {"restoration": 2, "synthesis": 1, "fusion": 3}
+    assert RestoreConfig(input="in", output="out", stages="split", actors=2).validate().pool_sizes == {
+        "restoration": 2, "synthesis": 2, "fusion": 2}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("batch_size", 0), ("batch_size", "4"), ("fit", "crop"), ("stages", "pipelined"), ("actors", "0"),
+    ("actors", "two"), ("gpus_per_actor", -1), ("cpus_per_task", 0), ("quality", 101), ("ext", "gif"),
+    ("max_error_rate", 1.5), ("extensions", ""), ("suffix", "a/b"), ("run_id", "../escape"),
+    ("tile_overlap", -1), ("overwrite", "yes"), ("input", ""), ("max_pixels", 0),
+])
+def test_a_bad_field_is_named(field, value):
+    with pytest.raises(ConfigError, match=f"'{field}'") as caught:
+        RestoreConfig(**{"input": "in", "output": "out", field: value}).validate()
+    assert caught.value.field == field
+
+
+def test_split_actors_need_one_or_three_numbers():
+    with pytest.raises(ConfigError, match="'actors'.*1 or 3"):
+        RestoreConfig(input="in", output="out", stages="split", actors="1,2").validate()
+    with pytest.raises(ConfigError, match="'actors'.*fused mode takes 1"):
+        RestoreConfig(input="in", output="out", actors="1,1,1").validate()
+
+
+def test_unknown_config_file_key_is_named():
+    with pytest.raises(ConfigError, match="'batchsize'.*unknown"):
+        RestoreConfig.from_mapping({"input": "a", "output": "b", "batchsize": 3})
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "restore.yaml"
+    path.write_text("input: s3://in/photos/\noutput: s3://out/restored/\nbatch-size: 8\nstages: split\n"
+                    "actors: [1, 2, 1]\nextensions: [jpg, png]\n")
+    args = cli.build_parser().parse_args(["restore", "--config", str(path), "--batch-size", "2"])
+    config = config_from_args(args)
+    assert (config.input, config.batch_size, config.actors, config.extensions) == (
+        "s3://in/photos/", 2, (1, 2, 1), (".jpg", ".png"))
+
+
+def test_the_example_config_is_valid():
+    example = REPO / "infra" / "configs" / "restore.example.yaml"
+    args = cli.build_parser().parse_args(["restore", "--config", str(example)])
+    config = config_from_args(args)
+    assert config.input.startswith("s3://") and config.output.startswith("s3://")
+
+
+def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys):
+    import ray
+
+    assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--quality", "0"]) == 2
+    assert "'quality'" in capsys.readouterr().err
+    assert cli.main(["restore", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
+                     "--model", "preset:tiny_denoise"]) == 2
+    assert "'input'" in capsys.readouterr().err
+    assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                     "--model", str(tmp_path / "no-bundle")]) == 2
+    assert "'model'" in capsys.readouterr().err
+    assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
+    assert "'output'" in capsys.readouterr().err
+    assert not ray.is_initialized()  # nothing was started for a bad config
+
+
+# ---------------------------------------------------------------- storage
+
+@pytest.mark.parametrize(("key", "safe"), [
+    ("a/b/c.jpg", "a/b/c.jpg"), ("/abs/path.png", "abs/path.png"), ("../../etc/passwd", "__/__/etc/passwd"),
+    ("a/./b//c.png", "a/b/c.png"), ("win\\dir\\x.jpg", "win/dir/x.jpg"), ("new\nline\x00.png", "new_line_.png"),
+    ("..", "__"), ("...", "..."),
+])
+def test_safe_relative_key(key, safe):
+    assert storage.safe_relative_key(key) == safe
+
+
+def test_long_segments_are_shortened_deterministically():
+    key = "x" * 400 + ".jpg"
+    safe = storage.safe_relative_key(key)
+    assert len(safe.encode()) <= storage.MAX_SEGMENT_BYTES and safe.endswith(".jpg")
+    assert safe == storage.safe_relative_key(key) != storage.safe_relative_key("y" + key)
+
+
+@pytest.mark.parametrize("key", ["", "/", "./.", "//"])
+def test_a_key_naming_nothing_is_refused(key):
+    with pytest.raises(storage.StorageError):
+        storage.safe_relative_key(key)
+
+
+def test_child_never_leaves_its_root():
+    root = storage.Location(LOCAL, "/data/out")
+    assert root.child("a/b.png").path == "/data/out/a/b.png"
+    for bad in ("../x.png", "/etc/x", "a/../../x", ""):
+        with pytest.raises(storage.StorageError):
+            root.child(bad)
+
+
+def test_uris_resolve_and_credentials_in_uris_are_refused(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    location = storage.resolve("s3://bucket/some/prefix/")
+    assert (location.path, location.uri, location.spec.endpoint_override) == (
+        "bucket/some/prefix", "s3://bucket/some/prefix", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8")
+    assert storage.s3_spec_from_env().endpoint_override == "http://127.0.0.1:8"
+    with pytest.raises(storage.StorageError) as caught:
+        storage.resolve("s3://AKIA:sekrit@bucket/x")
+    assert "sekrit" not in str(caught.value)
+    with pytest.raises(storage.StorageError, match="scheme"):
+        storage.resolve("gs://bucket/x")
+
+
+def test_transient_errors_are_retried_and_others_are_not():
+    calls, sleeps = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("When reading 'b/k': AWS Error SLOW_DOWN during GetObject operation: Please reduce")
+        return "data"
+
+    assert storage.with_retries(flaky, sleep=sleeps.append) == "data"
+    assert len(calls) == 3 and sleeps == [0.25, 0.5]
+
+    def forbidden():
+        calls.append(1)
+        raise OSError("AWS Error ACCESS_DENIED during GetObject operation: InvalidObjectState")
+
+    calls.clear()
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        storage.with_retries(forbidden, sleep=sleeps.append)
+    assert len(calls) == 1
+    assert storage.is_transient(OSError("AWS Error UNKNOWN (HTTP status 503) during PutObject"))
+    assert not storage.is_transient(FileNotFoundError("no such key"))
+    assert storage.is_transient(ConnectionResetError("connection reset by peer"))
+
+
+def test_local_writes_are_atomic_and_make_folders(tmp_path):
+    target = storage.Location(LOCAL, str(tmp_path / "deep" / "dir" / "x.bin"))
+    storage.write_bytes(target, b"abc")
+    assert storage.read_bytes(target) == b"abc"
+    assert [p.name for p in (tmp_path / "deep" / "dir").iterdir()] == ["x.bin"]  # no temp file left
+
+
+# ---------------------------------------------------------------- inputs, output keys, re-runs
+
+@pytest.mark.parametrize(("relative", "ext", "suffix", "key"), [
+    ("a/b/c.jpg", "png", "", "a/b/c.png"), ("a/b/c.jpg", "jpg", "_restored", "a/b/c_restored.jpg"),
+    ("noext", "png", "", "noext.png"), ("a/.hidden", "webp", "", "a/.hidden.webp"),
+    ("../up/x.tif", "png", "", "__/up/x.png"),
+])
+def test_output_keys_mirror_inputs(relative, ext, suffix, key):
+    assert output_key(relative, ext=ext, suffix=suffix) == key
+
+
+def test_listing_filters_extensions_and_skips_the_output_folder(tmp_path):
+    for name in ("a/b/c.JPG", "a/d.png", "notes.txt", "out/old.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    source = storage.Location(LOCAL, str(tmp_path))
+    items, kind = list_inputs(source, extensions=(".jpg", ".png"), s3=storage.s3_spec_from_env(),
+                              exclude=storage.Location(LOCAL, str(tmp_path / "out")))
+    assert kind == "directory"
+    assert [item.relative_key for item in items] == ["a/b/c.JPG", "a/d.png"]
+
+
+def test_manifests_in_three_formats(tmp_path):
+    (tmp_path / "imgs" / "x").mkdir(parents=True)
+    text = tmp_path / "list.txt"
+    text.write_text(f"# inputs\nimgs/x/a.jpg\n\n{tmp_path}/imgs/b.png\ns3://bucket/far/c.jpg\n")
+    spec = storage.s3_spec_from_env()
+    items = read_manifest(storage.Location(LOCAL, str(text)), spec)
+    assert [item.input_uri for item in items] == [f"{tmp_path}/imgs/x/a.jpg", f"{tmp_path}/imgs/b.png",
+                                                  "s3://bucket/far/c.jpg"]
+    # local and s3 entries share no directory: keys keep their whole (scheme-free) path
+    assert items[2].relative_key == "bucket/far/c.jpg"
+
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text('uri,key\nimgs/x/a.jpg,\nimgs/b.png,"../../escape.png"\n')
+    items = read_manifest(storage.Location(LOCAL, str(csv_path)), spec)
+    assert [item.relative_key for item in items] == ["x/a.jpg", "../../escape.png"]
+
+    parquet_path = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"input_uri": ["imgs/x/a.jpg", "imgs/x/d.jpg"]}), parquet_path)
+    items = read_manifest(storage.Location(LOCAL, str(parquet_path)), spec)
+    assert [item.relative_key for item in items] == ["a.jpg", "d.jpg"]
+
+
+def test_plan_rows_skips_done_outputs_and_reports_collisions(tmp_path):
+    from pipelines.restore_inputs import InputItem
+
+    out = storage.Location(LOCAL, str(tmp_path / "out"))
+    for key in ("a/done.png", "a/stale.png"):
+        storage.write_bytes(out.child(key), b"png")
+    storage.write_bytes(out.child(marker_key("a/done.png", "v2")), b"{}")
+    storage.write_bytes(out.child(marker_key("a/stale.png", "v1")), b"{}")
+    storage.write_bytes(out.child(marker_key("a/gone.png", "v2")), b"{}")  # output deleted by hand since
+    items = [InputItem(f"/in/{key}", key) for key in (
+        "a/done.jpg", "a/stale.jpg", "a/gone.jpg", "a/new.jpg", "a/new.png", "_ugpnet/x.jpg")]
+    rows = {row["input_uri"]: row for row in plan_rows(items, output_root=out, ext="png", suffix="",
+                                                        model_version="v2", overwrite=False)}
+    assert rows["/in/a/done.jpg"]["status"] == "skipped"
+    assert rows["/in/a/stale.jpg"]["status"] == "pending"
+    assert json.loads(rows["/in/a/stale.jpg"]["stale_markers"]) == ["_ugpnet/done/a/stale.png@v1"]
+    assert rows["/in/a/gone.jpg"]["status"] == "pending"
+    assert rows["/in/a/new.jpg"]["status"] == "pending"
+    assert rows["/in/a/new.png"]["status"] == "error" and "already the output of /in/a/new.jpg" in \
+        rows["/in/a/new.png"]["error"]
+    assert rows["/in/_ugpnet/x.jpg"]["status"] == "error" and "reserved" in rows["/in/_ugpnet/x.jpg"]["error"]
+    again = plan_rows(items[:1], output_root=out, ext="png", suffix="", model_version="v2", overwrite=True)
+    assert again[0]["status"] == "pending"
+
+
+# ---------------------------------------------------------------- model references
+
+def test_bundle_and_preset_references(tiny_bundle, tmp_path, monkeypatch):
+    resolved = resolve_model(str(tiny_bundle))
+    assert resolved.model_version.startswith("sha256-") and resolved.preset == "tiny_denoise"
+    assert (resolved.input_size, resolved.scale) == (64, 1)
+    assert resolve_model(str(tiny_bundle)).model_version == resolved.model_version
+    monkeypatch.setenv("UGPNET_CACHE", str(tmp_path / "cache"))
+    first = resolve_model("preset:tiny_sr_x8@3")
+    assert (first.scale, first.input_size) == (8, 8)
+    assert resolve_model("preset:tiny_sr_x8@3").model_version == first.model_version
+    assert resolve_model("preset:tiny_sr_x8@4").model_version != first.model_version
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("default:nosuchtask", "no shipped default model for task 'nosuchtask'"),
+    ("preset:no_such_preset", "unknown preset"),
+    ("models:/just-a-name", "models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ("/definitely/not/here", "not a bundle directory"),
+])
+def test_unresolvable_references_say_what_was_expected(ref, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_model(ref)
+    assert issubclass(ModelRefError, ValueError)
+
+
+# ---------------------------------------------------------------- stages called directly
+
+def _settings(output: Path, model, **overrides) -> StageSettings:
+    values = dict(run_id="r1", model_ref=model.ref, model_version=model.model_version,
+                  output_root=storage.Location(LOCAL, str(output)), s3=storage.s3_spec_from_env(),
+                  input_size=model.input_size, scale=model.scale, fit="tile", tile_overlap=None,
+                  max_pixels=100_000_000, max_output_pixels=400_000_000, ext="png", quality=95,
+                  save_intermediate=True)
+    values.update(overrides)
+    return StageSettings(**values)
+
+
+def _rows_for(files: dict[str, Path]) -> dict:
+    return {"input_uri": [str(path) for path in files.values()], "output_rel": list(files),
+            "status": ["pending"] * len(files), "error": [""] * len(files), "stale_markers": ["[]"] * len(files)}
+
+
+def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
+    model = resolve_model(str(tiny_bundle))
+    payload = load_payload(model)
+    samples = {s.name: s for s in good_samples()}
+    files = {}
+    for name in ("photos/a/beach.jpg", "odd/alpha.png", "odd/strip.png"):
+        path = tmp_path / "in" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(samples[name].data)
+        files[name.rsplit(".", 1)[0] + ".png"] = path
+    decoded = read_decode_fit(_rows_for(files), _settings(tmp_path / "out", model))
+    assert decoded["status"] == ["pending"] * 3
+
+    def stage(module):
+        return ModelStage(payload, module, batch_size=3, threads=1, use_gpu=False, keep_intermediate=True)
+
+    fused = stage("fused")(dict(decoded))
+    split = dict(decoded)
+    for module in ("restoration", "synthesis", "fusion"):
+        split = stage(module)(split)
+    for column in ("fused", "restored", "synthesized"):
+        for a, b in zip(fused[column], split[column], strict=True):
+            assert a.shape == b.shape and a.shape[0] >= 1
+            assert np.abs(a - b).max() <= 1e-5
+    assert "restoration_feature" not in split and "tiles" not in split
+
+    table = encode_and_write(fused, _settings(tmp_path / "out", model))
+    assert table.column("status").to_pylist() == ["ok"] * 3
+    out = tmp_path / "out"
+    with Image.open(out / "odd/alpha.png") as image:
+        assert image.mode == "RGBA" and image.size == (48, 32)
+    for name in files:
+        assert (out / name).is_file() and (out / "_intermediate/restored" / name).is_file()
+        assert (out / marker_key(name, model.model_version)).is_file()
+
+
+def test_bad_rows_pass_every_stage_as_one_error_row(tiny_bundle, tmp_path):
+    model = resolve_model(str(tiny_bundle))
+    files = {}
+    for sample in bad_samples() + [good_samples()[0]]:
+        path = tmp_path / "in" / sample.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sample.data)
+        files[sample.name + ".png"] = path
+    files["missing.png"] = tmp_path / "in" / "missing.jpg"
+    settings = _settings(tmp_path / "out", model, fit="resize", save_intermediate=False)
+    batch = read_decode_fit(_rows_for(files), settings)
+    batch = ModelStage(load_payload(model), "fused", 4, 1, False, False)(batch)
+    table = encode_and_write(batch, settings).to_pylist()
+    by_input = {row["input_uri"]: row for row in table}
+    for sample in bad_samples():
+        row = by_input[str(tmp_path / "in" / sample.name)]
+        assert row["status"] == "error" and sample.reason in row["error"] and row["output_uri"] is None
+    assert by_input[str(tmp_path / "in" / "missing.jpg")]["error"].startswith("read: ")
+    assert by_input[str(tmp_path / "in" / good_samples()[0].name)]["status"] == "ok"
+    written = [p for p in (tmp_path / "out").rglob("*.png")]
+    assert len(written) == 1
+
+
+def test_fit_error_policy_makes_an_error_row(tiny_bundle, tmp_path):
+    model = resolve_model(str(tiny_bundle))
+    path = tmp_path / "small.jpg"
+    path.write_bytes(photo(30, 20))
+    batch = read_decode_fit(_rows_for({"small.png": path}), _settings(tmp_path / "out", model, fit="error"))
+    assert batch["status"] == ["error"] and batch["error"][0].startswith("fit: input is 30×20")
+    assert (batch["width"], batch["height"]) == ([30], [20])
+
