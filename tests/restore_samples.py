@@ -94,8 +94,8 @@ def bad_samples() -> list[Sample]:
     png = photo(64, 48, 11, fmt="PNG")
     jpeg = photo(64, 48, 12)
     return [
-        Sample("bad/truncated.png", png[: len(png) // 2], reason="truncated PNG"),
-        Sample("bad/truncated.jpg", jpeg[: len(jpeg) // 2], reason="truncated JPEG"),
+        Sample("bad/truncated_png.png", png[: len(png) // 2], reason="truncated PNG"),
+        Sample("bad/truncated_jpeg.jpg", jpeg[: len(jpeg) // 2], reason="truncated JPEG"),
         Sample("bad/empty.jpg", b"", reason="zero bytes"),
         Sample("bad/note.jpg", b"this is a shopping list, not a photo\n" * 8, reason="looks like text"),
         Sample("bad/error_page.png", b"<!DOCTYPE html>\n<html><body>503 Service Unavailable</body></html>",

@@ -194,14 +194,14 @@ def moto_s3(tmp_path_factory):
 
 @pytest.fixture
 def s3(moto_s3, monkeypatch):
-    """An empty S3 with buckets `in` and `out`; this process's AWS variables point at it."""
+    """An empty S3 with buckets `inputs` and `outputs`; this process's AWS variables point at it."""
     moto_s3.reset()
     for name, value in moto_s3.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     client = moto_s3.client()
-    for bucket in ("in", "out"):
+    for bucket in ("inputs", "outputs"):
         client.create_bucket(Bucket=bucket)
     return moto_s3
 
