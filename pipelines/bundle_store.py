@@ -1,0 +1,37 @@
+"""Bundles (and other small directories) copied between local disk and storage (local or S3)."""
+
+import tempfile
+from pathlib import Path
+
+from pipelines import storage
+
+
+def upload_directory(local: Path, target: storage.Location) -> None:
+    """Copy every file; `ugpnet.json` last, so a bundle is complete once its config is visible."""
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "ugpnet.json")
+    for path in files:
+        storage.write_bytes(target.child(path.relative_to(local).as_posix()), path.read_bytes())
+
+
+def download_directory(source: storage.Location, local: Path) -> Path:
+    for info in storage.list_files(source):
+        relative = storage.relative_to(source, info.path)
+        destination = local / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(storage.read_bytes(storage.Location(source.spec, info.path)))
+    return local
+
+
+def bundle_exists(location: storage.Location) -> bool:
+    from pyarrow import fs as pafs
+
+    return storage.file_info(location.child("ugpnet.json")).type == pafs.FileType.File
+
+
+def local_bundle(uri: str) -> Path:
+    """A local directory holding the bundle at `uri` (downloaded to a temp dir when remote)."""
+    location = storage.resolve(uri)
+    if location.spec.scheme == "local":
+        return Path(location.path)
+    return download_directory(location, Path(tempfile.mkdtemp(prefix="ugpnet-bundle-")))

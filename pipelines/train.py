@@ -1,0 +1,278 @@
+"""`ugpnet train`: the three UGPNet stages on Ray Train, tracked in MLflow, registered at the end.
+
+One TorchTrainer run per stage, in order; each stage's final weights are written as a bundle under
+`<storage>/<run_name>/bundles/<stage>/` and feed the next stage. Re-running the same run name
+resumes: stages with a bundle are skipped, the current stage continues from its last Ray Train
+checkpoint (same RunConfig name and storage), and its MLflow run continues with the same step
+numbers. MLflow: one parent run (tag `ugpnet.run_name`), one nested run per stage.
+"""
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipelines import storage
+from pipelines.bundle_store import bundle_exists, local_bundle, upload_directory
+from pipelines.tracking import tracking_uri
+from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
+from ugpnet.stages import STAGES
+
+RUN_TAG, STAGE_TAG = "ugpnet.run_name", "ugpnet.stage"
+STEPS_PER_EPOCH = 100  # iterations per pass over the data stream (crops are drawn afresh every pass)
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    final_bundle: str
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    skipped_images: int = 0
+    validation: dict[str, float] = field(default_factory=dict)
+    registered_version: str | None = None
+
+
+def run(config: TrainConfig) -> TrainResult:
+    import mlflow
+    import ray
+
+    validate(config)
+    if not ray.is_initialized():
+        ray.init()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
+    from pipelines.train_data import build_catalogue, train_dataset, validation_pairs
+
+    preset_name = config.preset
+    catalogue = build_catalogue(config.data, config.val_fraction)
+    print(f"ugpnet train: {len(catalogue.train)} training and {len(catalogue.validation)} validation images; "
+          f"skipped {len(catalogue.skipped)} that could not be decoded", flush=True)
+    for uri, reason in catalogue.skipped[:20]:
+        print(f"  skipped {uri}: {reason}", flush=True)
+
+    uri = tracking_uri(config.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment(config.experiment).experiment_id
+    run_root = storage.resolve(config.storage).child(config.run_name)
+    bundles = run_root.child("bundles")
+    result = TrainResult(config.run_name, final_bundle="", skipped_images=len(catalogue.skipped))
+
+    parent = find_run(experiment_id, {RUN_TAG: config.run_name}, parent_id=None)
+    with mlflow.start_run(run_id=parent, run_name=None if parent else config.run_name,
+                          tags={RUN_TAG: config.run_name}) as parent_run:
+        if parent is None:
+            mlflow.log_params(flatten(config_params(config)))
+            mlflow.log_metric("data/skipped_images", len(catalogue.skipped))
+        start = ensure_initial_bundle(config, bundles)
+        from ugpnet.presets import get_preset
+
+        preset = get_preset(preset_name)
+        degradation = degradation_for(config)
+        validation = validation_pairs(catalogue.validation, preset.resolution, degradation, config.val_max_images)
+        for stage in [s for s in STAGES if s in config.stages]:
+            done = bundles.child(stage)
+            if bundle_exists(done):
+                print(f"ugpnet train: stage {stage} already finished, skipping", flush=True)
+                result.stages_skipped.append(stage)
+                start = done.uri
+                continue
+            hp = config.hyperparams.stage(stage)
+            dataset = train_dataset(catalogue.train, preset.resolution, degradation,
+                                    samples_per_epoch=hp.batch_size * config.workers * STEPS_PER_EPOCH)
+            result.validation = run_stage(config, stage, start, done, dataset, validation, experiment_id,
+                                          parent_run.info.run_id, uri)
+            result.stages_run.append(stage)
+            start = done.uri
+        result.final_bundle = start
+        if result.validation:
+            mlflow.log_metrics({k.replace("/", "_"): v for k, v in result.validation.items()})
+        if config.register_model:
+            from pipelines.registry import log_bundle
+
+            version = log_bundle(local_bundle(start), register_as=config.registered_name, alias="candidate")
+            result.registered_version = version.version
+            print(f"ugpnet train: registered {config.registered_name} version {version.version} "
+                  f"(alias candidate)", flush=True)
+    return result
+
+
+def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Location, dataset, validation,
+              experiment_id: str, parent_id: str, uri: str) -> dict[str, float]:
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.train_loop import MODEL_FILE, TRAINER_FILE, train_stage_loop
+
+    stage_run = find_run(experiment_id, {RUN_TAG: config.run_name, STAGE_TAG: stage}, parent_id=parent_id)
+    if stage_run is None:
+        client = mlflow.MlflowClient()
+        created = client.create_run(experiment_id, run_name=f"{config.run_name}/{stage}",
+                                    tags={RUN_TAG: config.run_name, STAGE_TAG: stage,
+                                          "mlflow.parentRunId": parent_id})
+        stage_run = created.info.run_id
+        hp = config.hyperparams.stage(stage)
+        client.log_batch(stage_run, params=[mlflow.entities.Param(k, str(v))
+                                            for k, v in flatten({stage: asdict(hp)}).items()])
+    cpus = worker_cpus(config)
+    loop_config = {
+        "stage": stage, "start_bundle": str(local_bundle(start)), "hyperparams": config.hyperparams.to_dict(),
+        "perceptual": asdict(config.hyperparams.perceptual), "tracking_uri": uri, "mlflow_run_id": stage_run,
+        "validation": validation, "log_interval": config.log_interval, "threads": max(1, int(cpus)),
+        "start_discriminator": start_discriminator(start) if stage == "synthesis" else None,
+    }
+    trainer = TorchTrainer(
+        train_stage_loop, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                               resources_per_worker={"CPU": cpus}),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"{config.run_name}-{stage}", **ray_storage(config),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets={"train": dataset})
+    fit = trainer.fit()
+    if fit.checkpoint is None:
+        raise RuntimeError(f"stage {stage} finished without a checkpoint")
+    with fit.checkpoint.as_directory() as directory:
+        write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start, done, stage)
+    metrics = {k: float(v) for k, v in (fit.metrics or {}).items() if k.startswith("val/")}
+    mlflow.MlflowClient().set_terminated(stage_run)
+    return metrics
+
+
+def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: storage.Location, stage: str) -> None:
+    """The stage's result as a bundle (plus the discriminator after stage 2), uploaded to storage."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import ugpnet
+    from ugpnet.checkpoint import load_state_dict_strict
+
+    model = ugpnet.load(local_bundle(start))
+    load_state_dict_strict(model, load_file(str(weights)), str(weights))
+    extra = {}
+    state = torch.load(trainer_state, map_location="cpu", weights_only=True)
+    if "discriminator" in state:
+        extra["discriminator"] = state["discriminator"]
+    previous = getattr(model, "bundle_config", {}).get("provenance", {})
+    with tempfile.TemporaryDirectory() as local:
+        ugpnet.save(model, local, provenance={**previous, f"stage_{stage}": {"steps": int(state["step"])}},
+                    extra_tensors=extra)
+        if not extra and (local_bundle(start) / "discriminator.safetensors").is_file():
+            save_file(load_file(str(local_bundle(start) / "discriminator.safetensors")),
+                      str(Path(local) / "discriminator.safetensors"))
+        upload_directory(Path(local), done)
+
+
+def start_discriminator(start: str) -> str | None:
+    path = local_bundle(start) / "discriminator.safetensors"
+    return str(path) if path.is_file() else None
+
+
+def ensure_initial_bundle(config: TrainConfig, bundles: storage.Location) -> str:
+    """The weights the first stage starts from: `init_bundle`, or fresh ones saved once per run."""
+    if config.init_bundle:
+        return config.init_bundle
+    initial = bundles.child("initial")
+    if not bundle_exists(initial):
+        import ugpnet
+
+        with tempfile.TemporaryDirectory() as local:
+            ugpnet.save(ugpnet.build(config.preset, seed=config.hyperparams.seed), local,
+                        task=config.resolved_task, provenance={"source": "ugpnet train", "run": config.run_name})
+            upload_directory(Path(local), initial)
+    return initial.uri
+
+
+def worker_cpus(config: TrainConfig) -> float:
+    """CPUs per worker: as given, else share the cluster leaving one CPU for the data pipeline."""
+    if config.cpus_per_worker:
+        return config.cpus_per_worker
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(0.25, min(1.0, (total - 1) / config.workers)) if total > 1 else 0.5
+
+
+def ray_storage(config: TrainConfig) -> dict:
+    location = storage.resolve(config.storage)
+    if location.spec.scheme == "local":
+        return {"storage_path": location.path}
+    return {"storage_path": location.path, "storage_filesystem": location.filesystem}
+
+
+def find_run(experiment_id: str, tags: dict[str, str], parent_id: str | None) -> str | None:
+    import mlflow
+
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow.MlflowClient().search_runs([experiment_id], filter_string=query, max_results=50)
+    for found in runs:
+        is_child = "mlflow.parentRunId" in found.data.tags
+        if (parent_id is None and not is_child and STAGE_TAG not in found.data.tags) or \
+                (parent_id is not None and found.data.tags.get("mlflow.parentRunId") == parent_id):
+            return found.info.run_id
+    return None
+
+
+def config_params(config: TrainConfig) -> dict:
+    """The config as MLflow params; storage and data URIs are kept, secrets never enter a config."""
+    return config.to_dict()
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser("train", help="train the three stages on Ray Train, tracked in MLflow")
+    parser.add_argument("--config", help="YAML or JSON file with any of the fields below")
+    parser.add_argument("--preset")
+    parser.add_argument("--task", choices=("denoise", "deblur", "sr"))
+    parser.add_argument("--data", help="folder or s3:// prefix of clean images")
+    parser.add_argument("--run-name", dest="run_name")
+    parser.add_argument("--storage", help="folder or s3:// prefix for checkpoints (default ./runs)")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
+    parser.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float)
+    parser.add_argument("--steps", help="iterations per stage, e.g. 2000,4000,2000")
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--stage", choices=STAGES, help="run this stage alone")
+    parser.add_argument("--degradation", help="named degradation (default: the task's)")
+    parser.add_argument("--init-bundle", dest="init_bundle", help="start from this bundle")
+    parser.add_argument("--register", help="registered model name (default ugpnet-<task>)")
+    parser.add_argument("--no-register", dest="register_model", action="store_false", default=None)
+    parser.add_argument("--tracking-uri", dest="tracking_uri")
+    parser.add_argument("--experiment")
+    parser.add_argument("--vgg16", help="torchvision VGG16 weights (LPIPS backbone)")
+    parser.add_argument("--lpips-heads", dest="lpips_heads", help="LPIPS v0.1 vgg linear heads")
+    parser.add_argument("--vgg19", help="torchvision VGG19 weights (contextual loss)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field, e.g. --set hyperparams.fusion.lr=5e-4 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(handler=run_cli)
+
+
+def run_cli(args) -> int:
+    values = {k: getattr(args, k) for k in ("preset", "task", "data", "run_name", "storage", "workers", "use_gpu",
+                                            "cpus_per_worker", "steps", "batch_size", "degradation", "init_bundle",
+                                            "register", "register_model", "tracking_uri", "experiment")}
+    if args.stage:
+        values["stages"] = [args.stage]
+    perceptual = {k: getattr(args, k) for k in ("vgg16", "lpips_heads", "vgg19") if getattr(args, k)}
+    if perceptual:
+        values["hyperparams"] = {"perceptual": perceptual}
+    config = build_config(values, args.overrides, args.config)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(), indent=2, default=str))
+        return 0
+    result = run(config)
+    print(f"ugpnet train: done; stages run {result.stages_run or '-'}, skipped {result.stages_skipped or '-'}; "
+          f"final bundle {result.final_bundle}; validation {json.dumps(result.validation)}")
+    return 0

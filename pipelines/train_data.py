@@ -1,0 +1,123 @@
+"""Training data on Ray Data: clean images → (decode, random crop, flip, degrade) on CPU workers.
+
+The catalogue pass decodes every image once on the cluster and returns only small metadata, so a
+folder with corrupt files trains on the rest and reports how many were skipped. The validation
+split is fixed by a hash of each image's path (stable as the folder grows); validation pairs are
+centre crops degraded with per-image seeds, so every evaluation sees the same inputs.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipelines import storage
+from pipelines.train_config import IMAGE_EXTENSIONS
+from ugpnet.degradations import Degradation, degrade, sample_seed
+from ugpnet.images import ImageDecodeError, decode_image
+
+VALIDATION_SEED = 12345  # fixed: validation inputs never change between runs
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    train: list[str]
+    validation: list[str]
+    skipped: list[tuple[str, str]]  # (uri, reason)
+
+
+def list_image_uris(data_uri: str) -> list[str]:
+    root = storage.resolve(data_uri)
+    infos = storage.list_files(root)
+    uris = sorted(storage.Location(root.spec, info.path).uri for info in infos
+                  if info.path.lower().endswith(IMAGE_EXTENSIONS))
+    return uris
+
+
+def is_validation(uri: str, fraction: float) -> bool:
+    digest = hashlib.sha1(uri.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def check_image(row: dict) -> dict:
+    """Ray Data map: decode once; keep only whether it worked (and why not)."""
+    try:
+        decoded = decode_image(storage.read_bytes(storage.resolve(row["uri"])))
+        return {"uri": row["uri"], "error": "", "width": decoded.width, "height": decoded.height}
+    except (ImageDecodeError, OSError) as exc:
+        return {"uri": row["uri"], "error": f"{type(exc).__name__}: {exc}", "width": 0, "height": 0}
+
+
+def build_catalogue(data_uri: str, val_fraction: float) -> Catalogue:
+    import ray
+
+    uris = list_image_uris(data_uri)
+    if not uris:
+        raise ValueError(f"data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {data_uri}")
+    checked = ray.data.from_items([{"uri": u} for u in uris]).map(check_image).take_all()
+    ok = sorted(r["uri"] for r in checked if not r["error"])
+    skipped = sorted((r["uri"], r["error"]) for r in checked if r["error"])
+    if not ok:
+        raise ValueError(f"data: none of the {len(uris)} files under {data_uri} could be decoded")
+    validation = [u for u in ok if is_validation(u, val_fraction)]
+    train = [u for u in ok if not is_validation(u, val_fraction)]
+    if not validation:  # tiny folders: hold out one image so validation exists
+        validation, train = train[-1:], train[:-1] or train
+    return Catalogue(train=train, validation=validation, skipped=skipped)
+
+
+def load_rgb(uri: str) -> torch.Tensor:
+    """(3,H,W) float32 in [0,1]; alpha is dropped for training."""
+    decoded = decode_image(storage.read_bytes(storage.resolve(uri)))
+    return torch.from_numpy(np.ascontiguousarray(decoded.rgb.transpose(2, 0, 1)))
+
+
+def ensure_min_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Upscale (bicubic) images whose shorter side is below the crop size."""
+    h, w = image.shape[-2:]
+    if min(h, w) >= size:
+        return image
+    factor = size / min(h, w)
+    new = (max(size, round(h * factor)), max(size, round(w * factor)))
+    resized = torch.nn.functional.interpolate(image[None], size=new, mode="bicubic", align_corners=False)
+    return resized[0].clamp(0, 1)
+
+
+def make_train_sample(row: dict, size: int, degradation: Degradation) -> dict:
+    """Ray Data map: a random crop of side `size`, random flips, then the degradation."""
+    rng = np.random.default_rng()  # fresh entropy: training crops need no reproducibility
+    image = ensure_min_side(load_rgb(row["uri"]), size)
+    h, w = image.shape[-2:]
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    gt = image[:, top:top + size, left:left + size]
+    if rng.random() < 0.5:
+        gt = gt.flip(-1)
+    if rng.random() < 0.5:
+        gt = gt.flip(-2)
+    lq = degrade(gt.contiguous(), degradation, rng)
+    return {"lq": lq.numpy().astype(np.float32), "gt": gt.numpy().astype(np.float32)}
+
+
+def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit: int):
+    """Fixed (lq, gt) tensors: centre crops, degraded with a per-image seed."""
+    lqs, gts = [], []
+    for index, uri in enumerate(uris[:limit]):
+        image = ensure_min_side(load_rgb(uri), size)
+        h, w = image.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        gt = image[:, top:top + size, left:left + size].contiguous()
+        lqs.append(degrade(gt, degradation, sample_seed(VALIDATION_SEED, index)))
+        gts.append(gt)
+    return torch.stack(lqs), torch.stack(gts)
+
+
+def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_per_epoch: int):
+    """An epoch of `samples_per_epoch` random crops, cycling through the images (a small folder
+    still gives every worker full batches; each pass draws new crops and degradations)."""
+    import ray
+
+    items = [{"uri": uris[i % len(uris)]} for i in range(max(samples_per_epoch, len(uris)))]
+    # Fractional CPUs: on a small node whole-CPU data tasks would starve beside the train workers.
+    return ray.data.from_items(items).random_shuffle().map(
+        make_train_sample, fn_kwargs={"size": size, "degradation": degradation}, num_cpus=0.25)

@@ -1,0 +1,139 @@
+"""What each Ray Train worker runs for one stage: resume, iterate its data shard, step, validate,
+checkpoint. Metrics go to the stage's MLflow run from rank 0 only."""
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ugpnet.checkpoint import load_bundle, load_state_dict_strict
+from ugpnet.training.hyperparams import TrainHyperparams
+from ugpnet.training.trainer import StageTrainer
+from ugpnet.vgg import PerceptualWeights
+
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer_state.pt"      # optimiser/scheduler tensors; read back with weights_only=True
+DISCRIMINATOR_KEY = "discriminator"
+
+
+def save_training_checkpoint(directory: Path, trainer: StageTrainer) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    save_file(state, str(directory / MODEL_FILE))
+    torch.save(trainer.state_dict(), directory / TRAINER_FILE)
+
+
+def restore_training_checkpoint(directory: Path, trainer: StageTrainer) -> None:
+    load_state_dict_strict(trainer.model, load_file(str(directory / MODEL_FILE)), str(directory / MODEL_FILE))
+    trainer.load_state_dict(torch.load(directory / TRAINER_FILE, map_location=trainer.device, weights_only=True))
+
+
+class RankZeroLogger:
+    """Logs to one MLflow run by id with the client API (no global active run in the worker)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool):
+        self.enabled = enabled and run_id is not None
+        if self.enabled:
+            import mlflow
+
+            self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+            self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if self.enabled:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(f"{prefix}{k}", float(v), now, step)
+                                                        for k, v in values.items()])
+
+    def grid(self, lq, outputs, gt, step: int) -> None:
+        if self.enabled:
+            from pipelines.sample_grid import sample_grid
+
+            self.client.log_image(self.run_id, sample_grid(lq, outputs, gt), key="samples", step=step)
+
+
+def ddp_wrapper(world_size: int):
+    if world_size == 1:
+        return lambda module: module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return lambda module: DistributedDataParallel(module)
+
+
+def train_stage_loop(config: dict) -> None:
+    """`train_loop_per_worker` of the stage's TorchTrainer (config: see pipelines.train.stage_loop_config)."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    stage = config["stage"]
+    hyperparams = TrainHyperparams.from_dict(config["hyperparams"])
+    hp = hyperparams.stage(stage)
+
+    model = load_bundle(config["start_bundle"])
+    discriminator = None
+    if stage == "synthesis" and config.get("start_discriminator"):
+        from ugpnet.model import build_discriminator
+
+        discriminator = build_discriminator(model.preset)
+        discriminator.load_state_dict(load_file(config["start_discriminator"]))
+    trainer = StageTrainer(model, stage, hyperparams, perceptual=PerceptualWeights(**config["perceptual"]),
+                           discriminator=discriminator, wrap=ddp_wrapper(world), device=device,
+                           seed=hyperparams.seed)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            restore_training_checkpoint(Path(directory), trainer)
+    logger = RankZeroLogger(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
+    val_lq, val_gt = config["validation"]
+    shard = ray.train.get_dataset_shard("train")
+
+    while trainer.step < hp.steps:
+        for batch in shard.iter_torch_batches(batch_size=hp.batch_size, drop_last=True):
+            terms = trainer.train_step(batch["lq"], batch["gt"])
+            step = trainer.step
+            if step % config["log_interval"] == 0 or step == hp.steps:
+                logger.metrics(terms, step, prefix="train/")
+            metrics = {"step": step}
+            if step % hp.validation_interval == 0 or step == hp.steps:
+                metrics |= validate(trainer, val_lq, val_gt, logger, step) if rank == 0 else {}
+            if step % hp.checkpoint_interval == 0 or step == hp.steps:
+                report_checkpoint(trainer, metrics, rank)
+            if step >= hp.steps:
+                break
+
+
+def validate(trainer: StageTrainer, lq: torch.Tensor, gt: torch.Tensor, logger: RankZeroLogger, step: int):
+    totals: dict[str, float] = {}
+    count = 0.0
+    for start in range(0, len(lq), 4):
+        values = trainer.validate(lq[start:start + 4], gt[start:start + 4])
+        n = values.pop("count")
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value * n
+        count += n
+    metrics = {f"val/{k}": v / count for k, v in totals.items()}
+    logger.metrics(metrics, step)
+    with torch.no_grad():
+        trainer.model.eval()
+        outputs = trainer.model(lq[:4].to(trainer.device), return_all=True)
+        trainer.trained_module.train()
+    logger.grid(lq[:4], [o.cpu() for o in outputs], gt[:4], step)
+    return metrics
+
+
+def report_checkpoint(trainer: StageTrainer, metrics: dict, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (the weights are identical on all ranks)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_training_checkpoint(Path(directory), trainer)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
