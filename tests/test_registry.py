@@ -16,13 +16,14 @@ import ugpnet
 from pipelines.cli import main as cli_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytest_plugins = ["services"]
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory, s3_server):
-    s3_server.create_bucket("mlflow-artifacts")
-    with mlflow_server(tmp_path_factory.mktemp("mlflow"), "s3://mlflow-artifacts/registry",
-                       s3_server.env) as uri:
+def tracking(tmp_path_factory, moto_s3):
+    moto_s3.client().create_bucket(Bucket="mlflow-artifacts")
+    env = {**moto_s3.env, "MLFLOW_S3_ENDPOINT_URL": moto_s3.endpoint}
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), "s3://mlflow-artifacts/registry", env) as uri:
         mlflow.set_tracking_uri(uri)
         yield uri
 

@@ -1,0 +1,71 @@
+"""Helpers for training tests: real photo folders, the CLI as a subprocess, process discovery."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def photo_folder(directory: Path, corrupt: int = 1) -> Path:
+    """Real photos that ship inside installed packages (scikit-learn, matplotlib), plus corrupt files."""
+    import matplotlib
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    directory.mkdir(parents=True, exist_ok=True)
+    samples = load_sample_images()
+    for name, array in zip(samples.filenames, samples.images, strict=True):
+        Image.fromarray(array).save(directory / (Path(name).stem + ".png"))
+    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", directory)
+    # Extra crops so the validation split and several training images exist.
+    china = Image.open(directory / "china.png")
+    for i, box in enumerate([(0, 0, 320, 320), (300, 100, 620, 420), (100, 50, 400, 400)]):
+        china.crop(box).save(directory / f"crop_{i}.png")
+    for i in range(corrupt):
+        (directory / f"corrupt_{i}.jpg").write_bytes(b"<html>not an image</html>")
+    return directory
+
+
+def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`ugpnet …` in its own session, so the Ray processes it starts can be found and killed with it."""
+    out = open(log, "wb")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env={**os.environ, **env},
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL every process of the CLI's session (driver, the Ray cluster it started, workers)."""
+    sid = os.getsid(process.pid)
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=60)
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return pids
+
+
+def process_title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def tail(log: Path | None, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log and log.exists() else ""
