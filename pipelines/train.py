@@ -30,6 +30,7 @@ class TrainResult:
     stages_skipped: list[str] = field(default_factory=list)
     skipped_images: int = 0
     validation: dict[str, float] = field(default_factory=dict)
+    stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # last report of each stage run
     registered_version: str | None = None
 
 
@@ -78,8 +79,10 @@ def run(config: TrainConfig) -> TrainResult:
             hp = config.hyperparams.stage(stage)
             dataset = train_dataset(catalogue.train, preset.resolution, degradation,
                                     samples_per_epoch=hp.batch_size * config.workers * STEPS_PER_EPOCH)
-            result.validation = run_stage(config, stage, start, done, dataset, validation, experiment_id,
-                                          parent_run.info.run_id, uri)
+            metrics = run_stage(config, stage, start, done, dataset, validation, experiment_id,
+                                parent_run.info.run_id, uri)
+            result.stage_metrics[stage] = metrics
+            result.validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
             result.stages_run.append(stage)
             start = done.uri
         result.final_bundle = start
@@ -135,9 +138,8 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
         raise RuntimeError(f"stage {stage} finished without a checkpoint")
     with fit.checkpoint.as_directory() as directory:
         write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start, done, stage)
-    metrics = {k: float(v) for k, v in (fit.metrics or {}).items() if k.startswith("val/")}
     mlflow.MlflowClient().set_terminated(stage_run)
-    return metrics
+    return {k: float(v) for k, v in (fit.metrics or {}).items() if isinstance(v, int | float)}
 
 
 def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: storage.Location, stage: str) -> None:

@@ -55,6 +55,25 @@ class RankZeroLogger:
             self.client.log_image(self.run_id, sample_grid(lq, outputs, gt), key="samples", step=step)
 
 
+class ThroughputClock:
+    """Samples/s over this session's steps, timed from the end of its first step (so start-up,
+    resumption and the first data batch are not counted)."""
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step, self.start, self.steps = samples_per_step, None, 0
+
+    def tick(self) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        else:
+            self.steps += 1
+
+    @property
+    def samples_per_s(self) -> float:
+        elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
+        return self.steps * self.samples_per_step / elapsed if elapsed > 0 else 0.0
+
+
 def ddp_wrapper(world_size: int):
     if world_size == 1:
         return lambda module: module
@@ -93,13 +112,15 @@ def train_stage_loop(config: dict) -> None:
     val_lq, val_gt = config["validation"]
     shard = ray.train.get_dataset_shard("train")
 
+    clock = ThroughputClock(hp.batch_size * world)
     while trainer.step < hp.steps:
         for batch in shard.iter_torch_batches(batch_size=hp.batch_size, drop_last=True):
             terms = trainer.train_step(batch["lq"], batch["gt"])
+            clock.tick()
             step = trainer.step
             if step % config["log_interval"] == 0 or step == hp.steps:
                 logger.metrics(terms, step, prefix="train/")
-            metrics = {"step": step}
+            metrics = {"step": step, "samples_per_s": clock.samples_per_s}
             if step % hp.validation_interval == 0 or step == hp.steps:
                 metrics |= validate(trainer, val_lq, val_gt, logger, step) if rank == 0 else {}
             if step % hp.checkpoint_interval == 0 or step == hp.steps:

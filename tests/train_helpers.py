@@ -1,7 +1,6 @@
 """Helpers for training tests: real photo folders, the CLI as a subprocess, process discovery."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,17 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def photo_folder(directory: Path, corrupt: int = 1) -> Path:
-    """Real photos that ship inside installed packages (scikit-learn, matplotlib), plus corrupt files."""
-    import matplotlib
+    """The shipped sample photos, a few crops of one (so validation and training splits both exist),
+    and corrupt files that training must skip."""
     from PIL import Image
-    from sklearn.datasets import load_sample_images
 
-    directory.mkdir(parents=True, exist_ok=True)
-    samples = load_sample_images()
-    for name, array in zip(samples.filenames, samples.images, strict=True):
-        Image.fromarray(array).save(directory / (Path(name).stem + ".png"))
-    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", directory)
-    # Extra crops so the validation split and several training images exist.
+    from pipelines.samples import write_sample_photos
+
+    write_sample_photos(directory)
+    (directory / "SOURCES.json").unlink()
     china = Image.open(directory / "china.png")
     for i, box in enumerate([(0, 0, 320, 320), (300, 100, 620, 420), (100, 50, 400, 400)]):
         china.crop(box).save(directory / f"crop_{i}.png")
