@@ -77,7 +77,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ugpnet-train-bench-"))
     photos = work / "photos"
-    uris = [str(p) for p in write_sample_photos(photos)]
+    uris = [str(p) for p in write_sample_photos(photos, with_skimage=False)]
     (photos / "SOURCES.json").unlink()
     plain = plain_loop_samples_per_s(args.preset, uris, args.steps, args.batch_size, threads=1)
     ray.init(num_cpus=2, include_dashboard=False)

@@ -16,7 +16,7 @@ def photo_folder(directory: Path, corrupt: int = 1) -> Path:
 
     from pipelines.samples import write_sample_photos
 
-    write_sample_photos(directory)
+    write_sample_photos(directory, with_skimage=False)
     (directory / "SOURCES.json").unlink()
     china = Image.open(directory / "china.png")
     for i, box in enumerate([(0, 0, 320, 320), (300, 100, 620, 420), (100, 50, 400, 400)]):
