@@ -355,7 +355,9 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     dataset.write_parquet(manifest_dir.path, filesystem=manifest_dir.filesystem,
-                          min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE))
+                          min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE),
+                          # S3 has no folders: creating one would leave empty "dir/" objects behind
+                          try_create_dir=manifest_dir.spec.scheme == "local")
 
 
 def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float]]:

@@ -32,6 +32,11 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_
                "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
 
 
+# Ray's raylet gives its agents 15 s or so to write their port files and aborts the node after that;
+# on 2 cores shared with other test sessions that can be too short, so test clusters wait longer.
+SLOW_MACHINE_RAY_ENV = {"RAY_agent_register_timeout_ms": "120000"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +117,21 @@ def kill_processes(pids: list[int], *, grace_s: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def environment(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs whose environment has name=value. Ray workers retitle themselves (`ray::IDLE`), and when
+    their raylet dies first they are re-parented to init; an environment variable set for the process
+    tree that started them (e.g. a unique RAY_TMPDIR) still finds every one."""
+    entry = f"{name}={value}"
+    return sorted(pid for pid in all_pids() if pid != os.getpid() and entry in environment(pid))
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -219,6 +239,8 @@ def local_ray():
         ray.shutdown()  # another test's Ray lacks the credentials our workers need
     temp_dir = short_temp_dir("ugr-")
     _RAY_TEMP.append(temp_dir)
+    for name, value in SLOW_MACHINE_RAY_ENV.items():
+        os.environ.setdefault(name, value)  # read by the raylet this process starts
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True,
              runtime_env={"env_vars": dict(CREDENTIALS)})
     return ray
@@ -252,7 +274,8 @@ class RayHead:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.num_cpus = num_cpus
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+                    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **SLOW_MACHINE_RAY_ENV,
+                    **(env or {})}
         self.env.pop("RAY_ADDRESS", None)
 
     @property
