@@ -15,6 +15,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("encode_ms", pa.float64()),       # assemble + encode
     ("write_ms", pa.float64()),
     ("duration_ms", pa.float64()),     # sum of the above: the work this input cost
+    ("finished_at", pa.timestamp("ms", tz="UTC")),  # when this row's outcome was decided
 ])
 
 
@@ -325,6 +327,7 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
                 values[key] = None
         stage_ms = [values[k] for k in ("read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms")]
         values["duration_ms"] = float(sum(v for v in stage_ms if v)) if row["status"] != SKIPPED else None
+        values["finished_at"] = datetime.now(UTC)
         for name in columns:
             columns[name].append(values.get(name))
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
