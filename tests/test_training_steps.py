@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 from perceptual_fixtures import write_perceptual_weights
+from safetensors.torch import save_file
 
 import ugpnet
+from ugpnet.checkpoint import CheckpointMismatchError
 from ugpnet.degradations import DEFAULT_DEGRADATIONS, degrade, get_degradation, sample_seed
+from ugpnet.model import build_discriminator
 from ugpnet.stages import STAGE_MODULES
 from ugpnet.training import (
     MissingWeightsError,
@@ -18,6 +21,7 @@ from ugpnet.training import (
     check_hyperparams,
     default_hyperparams,
 )
+from ugpnet.training.initialisation import init_discriminator, init_generator, init_regression_backbone
 
 PRESETS = ("tiny_denoise", "tiny_sr_x8")
 
@@ -243,3 +247,28 @@ def test_stage_one_learns_to_denoise_held_out_crops():
                           for i, image in enumerate(val_gt)])
     metrics = trainer.validate(val_lq, val_gt)
     assert metrics["restored_psnr"] > metrics["input_psnr"] + 1.5, metrics
+
+
+def test_pretrained_initialisation_from_basicsr_style_files(tmp_path):
+    source = ugpnet.build("tiny_denoise", seed=1)
+    torch.save({"params": source.resmodule.regression.state_dict()}, tmp_path / "nafnet.pth")
+    torch.save({"params_ema": source.synmodule.generator.state_dict(), "params": {}}, tmp_path / "net_g.pth")
+    source_discriminator = build_discriminator(source.preset)
+    save_file(source_discriminator.state_dict(), str(tmp_path / "net_d.safetensors"))
+
+    model, discriminator = ugpnet.build("tiny_denoise", seed=2), build_discriminator(source.preset)
+    init_regression_backbone(model, tmp_path / "nafnet.pth")
+    init_generator(model, tmp_path / "net_g.pth")
+    init_discriminator(discriminator, tmp_path / "net_d.safetensors")
+    for mine, theirs in [(model.resmodule.regression, source.resmodule.regression),
+                         (model.synmodule.generator, source.synmodule.generator),
+                         (discriminator, source_discriminator)]:
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(),
+                                                     strict=True))
+    with pytest.raises(CheckpointMismatchError, match="StyleGAN2 generator"):
+        init_generator(model, tmp_path / "nafnet.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        init_regression_backbone(model, tmp_path / "missing.pth")
+    sr = ugpnet.build("tiny_sr_x8", seed=0)  # direct approach: the backbone is the restoration module
+    torch.save({"params_ema": sr.resmodule.state_dict()}, tmp_path / "rrdb.pth")
+    init_regression_backbone(ugpnet.build("tiny_sr_x8", seed=1), tmp_path / "rrdb.pth")

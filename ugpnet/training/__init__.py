@@ -9,10 +9,12 @@ from ugpnet.training.hyperparams import (
     check_stage_hyperparams,
     default_hyperparams,
 )
+from ugpnet.training.initialisation import init_discriminator, init_generator, init_regression_backbone
 from ugpnet.training.trainer import StageTrainer
 from ugpnet.vgg import MissingWeightsError, PerceptualWeights
 
 __all__ = [
     "OFFICIAL", "MissingWeightsError", "PerceptualWeights", "StageHyperparams", "StageTrainer", "TrainHyperparams",
     "check_hyperparams", "check_perceptual_weights", "check_stage_hyperparams", "default_hyperparams",
+    "init_discriminator", "init_generator", "init_regression_backbone",
 ]
