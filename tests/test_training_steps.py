@@ -272,3 +272,13 @@ def test_pretrained_initialisation_from_basicsr_style_files(tmp_path):
     sr = ugpnet.build("tiny_sr_x8", seed=0)  # direct approach: the backbone is the restoration module
     torch.save({"params_ema": sr.resmodule.state_dict()}, tmp_path / "rrdb.pth")
     init_regression_backbone(ugpnet.build("tiny_sr_x8", seed=1), tmp_path / "rrdb.pth")
+
+
+def test_batches_of_the_wrong_shape_are_refused():
+    model = ugpnet.build("tiny_sr_x8", seed=0)
+    trainer = StageTrainer(model, "restoration", default_hyperparams("tiny_sr_x8"))
+    lq, gt = fixed_batch(model)
+    with pytest.raises(ValueError, match=r"lq \(B,3,8,8\) and gt \(B,3,64,64\)"):
+        trainer.train_step(gt, gt)
+    with pytest.raises(ValueError, match="got"):
+        trainer.validate(lq, gt[:1])

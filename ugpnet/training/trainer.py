@@ -93,6 +93,7 @@ class StageTrainer:
 
     def train_step(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
         """One iteration on a batch: lq (B,3,s,s), gt (B,3,S,S) in [0,1] → loss terms as floats."""
+        self._check_batch(lq, gt)
         lq, gt = lq.to(self.device), gt.to(self.device)
         self.model.eval()               # frozen modules stay in eval, whatever the caller did
         self.trained_module.train()
@@ -102,6 +103,13 @@ class StageTrainer:
         self.scheduler.step()
         self.step += 1
         return {name: float(torch.as_tensor(value).detach()) for name, value in terms.items()} | {"lr": lr}
+
+    def _check_batch(self, lq, gt) -> None:
+        size, resolution = self.model.input_size, self.model.preset.resolution
+        if tuple(lq.shape[1:]) != (3, size, size) or tuple(gt.shape[1:]) != (3, resolution, resolution) \
+                or len(lq) != len(gt):
+            raise ValueError(f"preset {self.model.preset.name} trains on lq (B,3,{size},{size}) and gt "
+                             f"(B,3,{resolution},{resolution}) in [0,1]; got {tuple(lq.shape)} and {tuple(gt.shape)}")
 
     def _perceptual(self, output, gt, terms) -> torch.Tensor | float:
         if self.lpips is None:
@@ -181,8 +189,10 @@ class StageTrainer:
 
     @torch.no_grad()
     def validate(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-        """Batch means of uint8 PSNR (dB) and SSIM of each output, and PSNR of the input itself
-        (bicubically resized to GT size for SR) as the baseline; `count` = batch size for weighting."""
+        """Batch means of uint8 PSNR (dB; identical images count as 100) and SSIM of each output, and
+        the PSNR of the input itself (bicubically resized to GT size for SR) as the baseline;
+        `count` = batch size, to weight the means when averaging over batches."""
+        self._check_batch(lq, gt)
         lq, gt = lq.to(self.device), gt.to(self.device)
         self.model.eval()
         try:
