@@ -341,7 +341,9 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
     actor_memory = ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * model.weights_bytes
-    for module, size in config.pool_sizes.items():
+    # A re-run with nothing left to do starts no model actors; its rows only need recording.
+    pools = config.pool_sizes if any(row["status"] == PENDING for row in rows) else {}
+    for module, size in pools.items():
         dataset = dataset.map_batches(
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,

@@ -282,7 +282,21 @@ class RayHead:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self) -> "RayHead":
+    def start(self, attempts: int = 2) -> "RayHead":
+        """`ray start --head`; on a machine too busy for Ray's fixed 30 s node start-up wait, the
+        half-started head is stopped and started again (fresh ports and temp dir)."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except RuntimeError:
+                self.stop()
+                if attempt + 1 == attempts:
+                    raise
+                self.temp_dir = short_temp_dir("ugh-")
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "RayHead":
         ports = {flag: str(free_port()) for flag in (
             "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
             "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")}
@@ -293,9 +307,11 @@ class RayHead:
                    *[item for pair in ports.items() for item in pair]]
         result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=180)
         if result.returncode != 0:
-            self.stop()
             raise RuntimeError(f"ray start failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        wait_for(self._dashboard_up, timeout_s=60, what="Ray dashboard / job server")
+        try:
+            wait_for(self._dashboard_up, timeout_s=90, what="Ray dashboard / job server")
+        except TimeoutError as err:
+            raise RuntimeError(str(err)) from err
         return self
 
     def _dashboard_up(self) -> bool:

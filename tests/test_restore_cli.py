@@ -2,6 +2,7 @@
 with `ray job submit` to a Ray head started here. S3 is a moto server; every process these tests
 start is stopped by its PID or by the unique temp dir in its command line."""
 
+import json
 import os
 import shutil
 import signal
@@ -160,13 +161,18 @@ def test_ray_job_submit_on_a_loopback_cluster(s3, bundle, tmp_path):
     # Credentials live in the cluster's environment (as on a real cluster); the job adds only the
     # endpoint, which is not a secret.
     credentials = {k: v for k, v in s3.env.items() if k != "AWS_ENDPOINT_URL"}
+    # The job's working dir carries its config file; flags override the file.
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "restore.yaml").write_text(f"input: s3://inputs/job/\noutput: s3://outputs/job/\nmodel: {bundle}\n"
+                                          f"batch_size: 2\nfit: tile\n")
     with RayHead(env=credentials) as head:
         submission = f"restore-{int(time.time())}"
         submit = subprocess.run(
             [str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--submission-id", submission,
-             "--no-wait", "--runtime-env-json", f'{{"env_vars": {{"AWS_ENDPOINT_URL": "{s3.endpoint}"}}}}', "--",
-             "ugpnet", "restore", "--input", "s3://inputs/job/", "--output", "s3://outputs/job/", "--model", bundle,
-             "--batch-size", "4", "--run-id", "job"],
+             "--no-wait", "--working-dir", str(job_dir),
+             "--runtime-env-json", f'{{"env_vars": {{"AWS_ENDPOINT_URL": "{s3.endpoint}"}}}}', "--",
+             "ugpnet", "restore", "--config", "restore.yaml", "--batch-size", "4", "--run-id", "job"],
             env=head.env, capture_output=True, text=True, timeout=180)
         assert submit.returncode == 0, submit.stdout + submit.stderr
 
@@ -191,3 +197,5 @@ def test_ray_job_submit_on_a_loopback_cluster(s3, bundle, tmp_path):
         assert row["status"] == "ok" and row["output_uri"] == f"s3://outputs/job/a/{index}.png"
     assert rows["s3://inputs/job/broken.png"]["status"] == "error"
     assert set(outputs_in(client, "job/")) == {f"job/a/{index}.png" for index in range(6)}
+    summary = json.loads(client.get_object(Bucket="outputs", Key="job/_ugpnet/runs/job.json")["Body"].read())
+    assert (summary["config"]["fit"], summary["config"]["batch_size"]) == ("tile", 4)  # file, then flag

@@ -80,9 +80,13 @@ def test_the_example_config_is_valid():
     assert config.input.startswith("s3://") and config.output.startswith("s3://")
 
 
-def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys):
-    import ray
+def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys, monkeypatch):
+    import pipelines.restore
 
+    def no_ray():
+        raise AssertionError("a bad config must fail before Ray is started")
+
+    monkeypatch.setattr(pipelines.restore, "_ensure_ray", no_ray)
     assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--quality", "0"]) == 2
     assert "'quality'" in capsys.readouterr().err
     assert cli.main(["restore", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
@@ -93,7 +97,6 @@ def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys):
     assert "'model'" in capsys.readouterr().err
     assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
     assert "'output'" in capsys.readouterr().err
-    assert not ray.is_initialized()  # nothing was started for a bad config
 
 
 # ---------------------------------------------------------------- storage
@@ -256,6 +259,22 @@ def test_bundle_and_preset_references(tiny_bundle, tmp_path, monkeypatch):
     assert (first.scale, first.input_size) == (8, 8)
     assert resolve_model("preset:tiny_sr_x8@3").model_version == first.model_version
     assert resolve_model("preset:tiny_sr_x8@4").model_version != first.model_version
+
+
+def test_registry_references_record_the_registry_version(tiny_bundle, monkeypatch):
+    import pipelines.registry
+
+    asked = []
+
+    def download_bundle(ref):
+        asked.append(ref)
+        return Path(tiny_bundle), "ugpnet-denoise/3"
+
+    monkeypatch.setattr(pipelines.registry, "download_bundle", download_bundle)
+    resolved = resolve_model("models:/ugpnet-denoise@champion")
+    assert asked == ["models:/ugpnet-denoise@champion"]
+    assert resolved.registry_version == "ugpnet-denoise/3"
+    assert resolved.model_version == resolve_model(str(tiny_bundle)).model_version  # same weights, same version
 
 
 @pytest.mark.parametrize(("ref", "message"), [
