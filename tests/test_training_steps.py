@@ -139,6 +139,10 @@ def test_check_hyperparams_names_the_field():
     with pytest.raises(MissingWeightsError, match="vgg19"):
         check_hyperparams(replace(hp, fusion=replace(hp.fusion, contextual_weight=0.05)))
     assert TrainHyperparams.from_dict(round_trip(hp.to_dict())) == hp
+    partial = TrainHyperparams.from_dict({"synthesis": {"lr": 2e-4}, "perceptual": {"vgg19": "/v.pth"}}, base=hp)
+    assert partial.synthesis == replace(hp.synthesis, lr=2e-4) and partial.perceptual.vgg19 == "/v.pth"
+    with pytest.raises(ValueError, match="unknown fields in fusion: lr_typo"):
+        TrainHyperparams.from_dict({"fusion": {"lr_typo": 1}}, base=hp)
 
 
 def test_official_defaults_match_the_reference():

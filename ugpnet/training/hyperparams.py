@@ -14,6 +14,7 @@ from ugpnet.stages import STAGES
 from ugpnet.vgg import PerceptualWeights
 
 PIXEL_LOSSES = ("psnr", "l1")
+DEFAULT_SEED = 777  # the official scripts' seed
 DISCRIMINATOR_RANGES = ("[0,1]", "[-1,1]")
 
 
@@ -47,7 +48,7 @@ class TrainHyperparams:
     restoration: StageHyperparams
     synthesis: StageHyperparams
     fusion: StageHyperparams
-    seed: int = 777                             # official seed; also seeds the stage-2 augmentation
+    seed: int = DEFAULT_SEED                    # also seeds the stage-2 augmentation draws
     perceptual: PerceptualWeights = field(default_factory=PerceptualWeights)
 
     def stage(self, name: str) -> StageHyperparams:
@@ -59,22 +60,30 @@ class TrainHyperparams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainHyperparams":
+    def from_dict(cls, data: dict[str, Any], base: "TrainHyperparams | None" = None) -> "TrainHyperparams":
+        """From `to_dict()` output; with `base`, `data` may name only the fields it changes."""
         data = dict(data)
-        stages = {name: stage_from_dict(data.pop(name), name) for name in STAGES}
-        perceptual = PerceptualWeights(**data.pop("perceptual", {}))
-        unknown = set(data) - {"seed"}
+        unknown = set(data) - {*STAGES, "seed", "perceptual"}
         if unknown:
             raise ValueError(f"unknown hyperparameter fields: {', '.join(sorted(unknown))}")
-        return cls(**stages, perceptual=perceptual, **data)
+        if base is None:
+            missing = [name for name in STAGES if name not in data]
+            if missing:
+                raise ValueError(f"hyperparameters lack the stages {', '.join(missing)} (or pass a base)")
+            base = cls(**{name: StageHyperparams(steps=1) for name in STAGES})
+        stages = {name: stage_from_dict(data.get(name, {}), name, base.stage(name)) for name in STAGES}
+        perceptual = replace(base.perceptual, **data.get("perceptual", {}))
+        return cls(**stages, seed=data.get("seed", base.seed), perceptual=perceptual)
 
 
-def stage_from_dict(data: dict[str, Any], name: str = "stage") -> StageHyperparams:
+def stage_from_dict(data: dict[str, Any], name: str = "stage", base: StageHyperparams | None = None
+                    ) -> StageHyperparams:
     known = {f.name for f in fields(StageHyperparams)}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown fields in {name}: {', '.join(sorted(unknown))}")
-    return StageHyperparams(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return replace(base, **values) if base is not None else StageHyperparams(**values)
 
 
 OFFICIAL = TrainHyperparams(

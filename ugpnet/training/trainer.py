@@ -33,6 +33,7 @@ from ugpnet.metrics import psnr_uint8, ssim
 from ugpnet.model import UGPNet, build_discriminator
 from ugpnet.stages import STAGE_MODULES, prepare_for_stage
 from ugpnet.training.hyperparams import (
+    DEFAULT_SEED,
     StageHyperparams,
     TrainHyperparams,
     check_perceptual_weights,
@@ -51,8 +52,9 @@ class StageTrainer:
         """Checks everything (hyperparameters, pretrained files) before building anything heavy.
 
         `hyperparams`: this stage's, or the whole TrainHyperparams (then its `perceptual` paths and
-        `seed` are the defaults). `discriminator`: stage 2 only; a fresh one from the preset if None.
-        `seed`: seeds the stage-2 augmentation draws, which depend on (seed, step) only.
+        `seed` are the defaults). `discriminator`: stage 2 only (ignored otherwise); a fresh one from
+        the preset if None. `seed`: seeds the stage-2 augmentation draws, which depend on (seed, step)
+        only. `device`: the model, discriminator and loss networks are moved there.
         """
         if stage not in STAGE_MODULES:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_MODULES)}")
@@ -64,19 +66,20 @@ class StageTrainer:
         check_perceptual_weights(hyperparams, perceptual, stage)
         self.stage, self.hp, self.step = stage, hyperparams, 0
         self.device = torch.device(device)
-        self.model = model.to(self.device)
         hp = hyperparams
 
+        # Loss networks first: an unreadable VGG file fails here, before the model is touched.
+        self.pixel_loss = PSNRLoss() if stage == "restoration" and hp.pixel_loss == "psnr" else l1_loss
+        self.lpips = LPIPSLoss(perceptual, hp.lpips_resize).to(self.device) if hp.perceptual_weight > 0 else None
+        self.contextual = (PatchContextualLoss(perceptual, hp.contextual_patch_size, hp.contextual_band_width)
+                           .to(self.device) if hp.contextual_weight > 0 else None)
+
+        self.model = model.to(self.device)
         self.trained_module: nn.Module = getattr(model, STAGE_MODULES[stage])
         trainable = prepare_for_stage(model, stage)
         self.trained = wrap(self.trained_module)
         self.optimizer = torch.optim.Adam(trainable, lr=hp.lr, betas=hp.betas)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(hp.lr_milestones), hp.lr_gamma)
-
-        self.pixel_loss = PSNRLoss() if stage == "restoration" and hp.pixel_loss == "psnr" else l1_loss
-        self.lpips = LPIPSLoss(perceptual, hp.lpips_resize).to(self.device) if hp.perceptual_weight > 0 else None
-        self.contextual = (PatchContextualLoss(perceptual, hp.contextual_patch_size, hp.contextual_band_width)
-                           .to(self.device) if hp.contextual_weight > 0 else None)
 
         self.discriminator = self.wrapped_discriminator = self.discriminator_optimizer = None
         self.augmentation = None
@@ -87,7 +90,7 @@ class StageTrainer:
             self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(),
                                                             lr=hp.discriminator_lr, betas=hp.betas)
             if hp.augment:
-                self.augmentation = GeometricAugmentation(0 if seed is None else seed)
+                self.augmentation = GeometricAugmentation(DEFAULT_SEED if seed is None else seed)
 
     # --- training ------------------------------------------------------------------------------
 
