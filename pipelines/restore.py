@@ -248,7 +248,7 @@ def run(config: RestoreConfig) -> RunSummary:
 
         started_ray = _ensure_ray()
         try:
-            _check_resources(config)
+            _check_resources(config, _actor_memory(model))
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
         finally:
@@ -307,7 +307,11 @@ def _ensure_ray() -> bool:
     return True
 
 
-def _check_resources(config: RestoreConfig) -> None:
+def _actor_memory(model) -> int:
+    return ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * model.weights_bytes
+
+
+def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
     """Pools that can never be placed make Ray Data wait forever; say so instead, naming the field."""
     import ray
 
@@ -323,6 +327,10 @@ def _check_resources(config: RestoreConfig) -> None:
         raise ConfigError("actors", f"{actors} actor(s) x {config.cpus_per_actor} CPU plus one "
                                     f"{config.cpus_per_task}-CPU task need {needed:g} CPUs; this Ray cluster has "
                                     f"{cpus:g} (lower actors or cpus_per_actor)")
+    memory = resources.get("memory", float("inf"))
+    if actors * actor_memory > memory and not growable:
+        raise ConfigError("actors", f"{actors} actor(s) x {actor_memory / 2**30:.1f} GiB exceed the "
+                                    f"{memory / 2**30:.1f} GiB of memory this Ray cluster can reserve")
 
 
 def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
@@ -340,7 +348,7 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
-    actor_memory = ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * model.weights_bytes
+    actor_memory = _actor_memory(model)
     # A re-run with nothing left to do starts no model actors; its rows only need recording.
     pools = config.pool_sizes if any(row["status"] == PENDING for row in rows) else {}
     for module, size in pools.items():

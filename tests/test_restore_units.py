@@ -373,3 +373,21 @@ def test_fit_error_policy_makes_an_error_row(tiny_bundle, tmp_path):
     assert batch["status"] == ["error"] and batch["error"][0].startswith("fit: input is 30×20")
     assert (batch["width"], batch["height"]) == ([30], [20])
 
+
+
+def test_pools_that_cannot_be_placed_on_a_local_cluster_are_refused(monkeypatch):
+    import ray
+
+    from pipelines.restore import _check_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 8 * 2**30})
+    _check_resources(RestoreConfig(input="i", output="o", stages="split").validate(), 2**30)
+    with pytest.raises(ConfigError, match="'actors'.*need 3.5 CPUs"):
+        _check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
+    with pytest.raises(ConfigError, match="'gpus_per_actor'"):
+        _check_resources(RestoreConfig(input="i", output="o", gpus_per_actor=0.5).validate(), 2**30)
+    with pytest.raises(ConfigError, match="'actors'.*GiB"):
+        _check_resources(RestoreConfig(input="i", output="o", actors=3, cpus_per_actor=0.25).validate(), 4 * 2**30)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")  # an existing cluster may grow: no refusal
+    _check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
