@@ -243,6 +243,8 @@ def run(config: RestoreConfig) -> RunSummary:
                      model_version=model.model_version, overwrite=config.overwrite)
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
+    if storage.list_files(manifest_dir):
+        raise ConfigError("run_id", f"{run_id!r} was already used under {output.uri}: its manifest exists")
     if rows:
         import ray
 

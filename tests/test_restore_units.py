@@ -391,3 +391,13 @@ def test_pools_that_cannot_be_placed_on_a_local_cluster_are_refused(monkeypatch)
         _check_resources(RestoreConfig(input="i", output="o", actors=3, cpus_per_actor=0.25).validate(), 4 * 2**30)
     monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")  # an existing cluster may grow: no refusal
     _check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
+
+
+def test_a_run_id_is_not_reused(tmp_path, tiny_bundle):
+    from pipelines.restore import run
+
+    (tmp_path / "in").mkdir()
+    storage.write_bytes(storage.Location(LOCAL, str(tmp_path / "out/_ugpnet/manifest/r1/part.parquet")), b"x")
+    with pytest.raises(ConfigError, match="'run_id'.*already used"):
+        run(RestoreConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tiny_bundle),
+                          run_id="r1"))
