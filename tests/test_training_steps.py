@@ -130,6 +130,8 @@ def test_check_hyperparams_names_the_field():
         ("restoration", "pixel_loss", "l2", r"restoration\.pixel_loss must be one of"),
         ("fusion", "contextual_patch_size", 24, r"fusion\.contextual_patch_size must divide"),
         ("restoration", "adversarial_weight", 0.3, r"restoration\.adversarial_weight must be 0"),
+        ("synthesis", "steps", "100", r"synthesis\.steps must be an integer, got '100'"),
+        ("synthesis", "lr", None, r"synthesis\.lr must be a number"),
     ]:
         stage_hp = replace(hp.stage(stage), **{field: value})
         if field == "contextual_patch_size":

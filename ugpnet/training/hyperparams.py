@@ -16,6 +16,10 @@ from ugpnet.vgg import PerceptualWeights
 PIXEL_LOSSES = ("psnr", "l1")
 DEFAULT_SEED = 777  # the official scripts' seed
 DISCRIMINATOR_RANGES = ("[0,1]", "[-1,1]")
+INTEGER_FIELDS = ("steps", "batch_size", "r1_interval", "contextual_patch_size", "validation_interval",
+                  "checkpoint_interval")
+NUMBER_FIELDS = ("lr", "lr_gamma", "pixel_weight", "perceptual_weight", "adversarial_weight", "discriminator_lr",
+                 "r1_gamma", "contextual_weight", "contextual_band_width")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,12 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
     def fail(field_name, message):
         raise ValueError(f"{name}.{field_name} {message}, got {getattr(hp, field_name)!r}")
 
+    for integer in INTEGER_FIELDS:
+        if not isinstance(getattr(hp, integer), int) or isinstance(getattr(hp, integer), bool):
+            fail(integer, "must be an integer")
+    for number in NUMBER_FIELDS:
+        if not isinstance(getattr(hp, number), int | float) or isinstance(getattr(hp, number), bool):
+            fail(number, "must be a number")
     for positive in ("steps", "batch_size", "lr", "discriminator_lr", "r1_interval", "contextual_patch_size",
                      "contextual_band_width", "validation_interval", "checkpoint_interval"):
         if not getattr(hp, positive) > 0:
