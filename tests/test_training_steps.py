@@ -143,6 +143,10 @@ def test_check_hyperparams_names_the_field():
     assert TrainHyperparams.from_dict(round_trip(hp.to_dict())) == hp
     partial = TrainHyperparams.from_dict({"synthesis": {"lr": 2e-4}, "perceptual": {"vgg19": "/v.pth"}}, base=hp)
     assert partial.synthesis == replace(hp.synthesis, lr=2e-4) and partial.perceptual.vgg19 == "/v.pth"
+    without_steps = hp.to_dict()
+    del without_steps["fusion"]["steps"]
+    with pytest.raises(ValueError, match=r"fusion\.steps is required"):
+        TrainHyperparams.from_dict(without_steps)
     with pytest.raises(ValueError, match="unknown fields in fusion: lr_typo"):
         TrainHyperparams.from_dict({"fusion": {"lr_typo": 1}}, base=hp)
 

@@ -74,7 +74,9 @@ class TrainHyperparams:
             missing = [name for name in STAGES if name not in data]
             if missing:
                 raise ValueError(f"hyperparameters lack the stages {', '.join(missing)} (or pass a base)")
-            base = cls(**{name: StageHyperparams(steps=1) for name in STAGES})
+            stages = {name: stage_from_dict(data[name], name) for name in STAGES}
+            return cls(**stages, seed=data.get("seed", DEFAULT_SEED),
+                       perceptual=PerceptualWeights(**data.get("perceptual", {})))
         stages = {name: stage_from_dict(data.get(name, {}), name, base.stage(name)) for name in STAGES}
         perceptual = replace(base.perceptual, **data.get("perceptual", {}))
         return cls(**stages, seed=data.get("seed", base.seed), perceptual=perceptual)
@@ -87,6 +89,8 @@ def stage_from_dict(data: dict[str, Any], name: str = "stage", base: StageHyperp
     if unknown:
         raise ValueError(f"unknown fields in {name}: {', '.join(sorted(unknown))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    if base is None and "steps" not in values:
+        raise ValueError(f"{name}.steps is required")
     return replace(base, **values) if base is not None else StageHyperparams(**values)
 
 
