@@ -237,13 +237,21 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()  # another test's Ray lacks the credentials our workers need
-    temp_dir = short_temp_dir("ugr-")
-    _RAY_TEMP.append(temp_dir)
     for name, value in SLOW_MACHINE_RAY_ENV.items():
         os.environ.setdefault(name, value)  # read by the raylet this process starts
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True,
-             runtime_env={"env_vars": dict(CREDENTIALS)})
-    return ray
+    for attempt in range(2):  # Ray gives a node a fixed 30 s to start; a busy machine can miss it
+        temp_dir = short_temp_dir("ugr-")
+        _RAY_TEMP.append(temp_dir)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True,
+                     runtime_env={"env_vars": dict(CREDENTIALS)})
+            return ray
+        except Exception:
+            ray.shutdown()
+            kill_processes(processes_mentioning(temp_dir))
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
