@@ -13,11 +13,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.ugpnet-installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ]; then
     exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install --quiet "$TORCH_REQUIREMENT" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install --quiet -e ".[dev]" "$TORCH_REQUIREMENT" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[dev]" "$TORCH_REQUIREMENT" 2>&1 \
+    | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import torch, ray, mlflow, ugpnet, pipelines" # fail loudly if anything is missing
 touch "$stamp"
