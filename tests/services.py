@@ -2,7 +2,7 @@
 
 - `MotoS3`: moto in server mode as a subprocess on 127.0.0.1 (its own process, so its state is its
   own: an in-process moto shares one global backend with any other in-process moto of the session).
-- `local_ray()`: the session's in-process Ray (`ray.init(num_cpus=2)`), with the S3 test credentials
+- `local_ray()`: an in-process Ray (`ray.init(num_cpus=2)`), with the S3 test credentials
   given to its workers through the runtime environment, not through os.environ.
 - `RayHead`: a `ray start --head` cluster on loopback with its own temp dir and ports, for
   `ray job submit`; stopped by killing exactly the processes that belong to its temp dir.
@@ -213,7 +213,7 @@ def moto_s3(tmp_path_factory):
 
 
 @pytest.fixture
-def s3(moto_s3, monkeypatch):
+def s3_buckets(moto_s3, monkeypatch):
     """An empty S3 with buckets `inputs` and `outputs`; this process's AWS variables point at it."""
     moto_s3.reset()
     for name, value in moto_s3.env.items():
@@ -254,8 +254,10 @@ def local_ray():
     raise AssertionError("unreachable")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
+    """Ray for one test module, shut down after it so that later modules (which may start Ray
+    with settings of their own) never inherit it."""
     ray = local_ray()
     try:
         yield ray

@@ -76,15 +76,15 @@ def secret_free(paths: list[Path]) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_a_killed_run_run_again_does_only_the_rest(s3, bundle, tmp_path, request):
-    client = s3.client()
+def test_a_killed_run_run_again_does_only_the_rest(s3_buckets, bundle, tmp_path, request):
+    client = s3_buckets.client()
     count = 16
     for index in range(count):
         client.put_object(Bucket="inputs", Key=f"many/d{index % 4}/img{index:02d}.jpg",
                           Body=photo(160, 160, seed=index))
     ray_tmp = short_temp_dir("ugk-")  # the CLI's own local Ray lives here: found (and cleaned) by this path
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
-    env = {**os.environ, **s3.env, **SLOW_MACHINE_RAY_ENV, "RAY_TMPDIR": ray_tmp,
+    env = {**os.environ, **s3_buckets.env, **SLOW_MACHINE_RAY_ENV, "RAY_TMPDIR": ray_tmp,
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     command = [UGPNET, "restore", "--input", "s3://inputs/many/", "--output", "s3://outputs/res/", "--model", bundle,
@@ -153,14 +153,14 @@ def test_a_killed_run_run_again_does_only_the_rest(s3, bundle, tmp_path, request
 
 
 @pytest.mark.timeout(600)
-def test_ray_job_submit_on_a_loopback_cluster(s3, bundle, tmp_path):
-    client = s3.client()
+def test_ray_job_submit_on_a_loopback_cluster(s3_buckets, bundle, tmp_path):
+    client = s3_buckets.client()
     for index in range(6):
         client.put_object(Bucket="inputs", Key=f"job/a/{index}.jpg", Body=photo(80, 64, seed=index))
     client.put_object(Bucket="inputs", Key="job/broken.png", Body=bad_samples()[0].data)
     # Credentials live in the cluster's environment (as on a real cluster); the job adds only the
     # endpoint, which is not a secret.
-    credentials = {k: v for k, v in s3.env.items() if k != "AWS_ENDPOINT_URL"}
+    credentials = {k: v for k, v in s3_buckets.env.items() if k != "AWS_ENDPOINT_URL"}
     # The job's working dir carries its config file; flags override the file.
     job_dir = tmp_path / "job"
     job_dir.mkdir()
@@ -171,7 +171,7 @@ def test_ray_job_submit_on_a_loopback_cluster(s3, bundle, tmp_path):
         submit = subprocess.run(
             [str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--submission-id", submission,
              "--no-wait", "--working-dir", str(job_dir),
-             "--runtime-env-json", f'{{"env_vars": {{"AWS_ENDPOINT_URL": "{s3.endpoint}"}}}}', "--",
+             "--runtime-env-json", f'{{"env_vars": {{"AWS_ENDPOINT_URL": "{s3_buckets.endpoint}"}}}}', "--",
              "ugpnet", "restore", "--config", "restore.yaml", "--batch-size", "4", "--run-id", "job"],
             env=head.env, capture_output=True, text=True, timeout=180)
         assert submit.returncode == 0, submit.stdout + submit.stderr

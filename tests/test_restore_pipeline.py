@@ -60,8 +60,8 @@ def output_name(key: str, ext: str = "png") -> str:
 # ---------------------------------------------------------------- S3 → S3, bad and unusual inputs
 
 @pytest.mark.timeout(300)
-def test_s3_to_s3_bad_and_unusual_inputs(s3, bundles, capsys):
-    client = s3.client()
+def test_s3_to_s3_bad_and_unusual_inputs(s3_buckets, bundles, capsys):
+    client = s3_buckets.client()
     good, bad = good_samples(), bad_samples()
     for sample in good + bad:
         client.put_object(Bucket="inputs", Key=f"batch/{sample.name}", Body=sample.data)
@@ -166,8 +166,8 @@ def test_split_gives_the_same_outputs_as_fused(tmp_path, bundles):
 # ---------------------------------------------------------------- manifest input, unsafe keys
 
 @pytest.mark.timeout(300)
-def test_manifest_input_with_unsafe_keys_and_a_missing_object(s3, bundles, tmp_path):
-    client = s3.client()
+def test_manifest_input_with_unsafe_keys_and_a_missing_object(s3_buckets, bundles, tmp_path):
+    client = s3_buckets.client()
     for name in ("a.jpg", "b.png", "c.jpg", "d.jpg"):
         client.put_object(Bucket="inputs", Key=f"m/{name}", Body=photo(50, 40, fmt="PNG" if name.endswith("png") else
                                                                       "JPEG"))
