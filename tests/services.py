@@ -214,7 +214,10 @@ def moto_s3(tmp_path_factory):
 
 @pytest.fixture
 def s3_buckets(moto_s3, monkeypatch):
-    """An empty S3 with buckets `inputs` and `outputs`; this process's AWS variables point at it."""
+    """An empty S3 with buckets `inputs` and `outputs`; this process's AWS variables point at it.
+
+    Resets the whole (session-wide) server: a module sharing `moto_s3` must create the buckets it
+    needs in module- or test-scoped fixtures, never once per session."""
     moto_s3.reset()
     for name, value in moto_s3.env.items():
         monkeypatch.setenv(name, value)
