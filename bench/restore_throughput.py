@@ -46,7 +46,7 @@ def make_images(directory: Path, count: int, size: int) -> None:
         Image.fromarray(pixels).save(part / f"img{index:05d}.png")
 
 
-def in_process_images_per_s(bundle: Path, images: Path, batch_size: int, repeats: int = 2) -> float:
+def in_process_images_per_s(bundle: Path, images: Path, batch_size: int, repeats: int = 1) -> float:
     model = ugpnet.load(bundle)
     tensors = [torch.from_numpy(decode_image(p.read_bytes()).rgb).permute(2, 0, 1)
                for p in sorted(images.rglob("*.png"))]
@@ -167,20 +167,27 @@ def main() -> None:
         fused_actors = cpus
         fused_cpus = round((cpus - 0.5) / fused_actors, 2)
         split_cpus = round((cpus - 0.5) / 3, 2)
+        # Machine load drifts (other jobs share these cores): every pipeline run is bracketed by
+        # in-process measurements, and compared with the mean of the two beside it.
         start_ray()
-        fused = pipeline_images_per_s(RestoreConfig(**common, output=str(work / "out-fused"),
-                                                    actors=fused_actors, cpus_per_actor=fused_cpus))
-        split = pipeline_images_per_s(RestoreConfig(**common, output=str(work / "out-split"), stages="split",
-                                                    actors=1, cpus_per_actor=split_cpus))
+        forward = [in_process_images_per_s(bundle, images, args.batch_size)]
+        results = {}
+        for name, config, detail in (
+                ("fused", RestoreConfig(**common, output=str(work / "out-fused"), actors=fused_actors,
+                                        cpus_per_actor=fused_cpus), f"{fused_actors} actor(s) x 1 thread"),
+                ("split", RestoreConfig(**common, output=str(work / "out-split"), stages="split", actors=1,
+                                        cpus_per_actor=split_cpus), "1 actor per module x 1 thread")):
+            results[name] = (pipeline_images_per_s(config), detail)
+            forward.append(in_process_images_per_s(bundle, images, args.batch_size))
         import ray
 
         ray.shutdown()
-        baseline = in_process_images_per_s(bundle, images, args.batch_size)
-        print(f"  in-process batched forward ({torch.get_num_threads()} threads): {baseline:8.2f} images/s")
-        for name, (whole, steady), detail in (("fused", fused, f"{fused_actors} actor(s) x 1 thread"),
-                                              ("split", split, "1 actor per module x 1 thread")):
+        print(f"  in-process batched forward ({torch.get_num_threads()} threads), before/between/after: "
+              + ", ".join(f"{rate:.2f}" for rate in forward) + " images/s")
+        for index, (name, ((whole, steady), detail)) in enumerate(results.items()):
+            baseline = (forward[index] + forward[index + 1]) / 2
             print(f"  pipeline {name:5} ({detail}): {whole:8.2f} images/s whole run ({whole / baseline:.2f}x), "
-                  f"{steady:8.2f} images/s streaming ({steady / baseline:.2f}x)")
+                  f"{steady:8.2f} images/s streaming ({steady / baseline:.2f}x) vs in-process {baseline:.2f}")
 
         if not args.skip_memory:
             memory_bundle = ugpnet.save(ugpnet.build(args.memory_preset, seed=0), work / "memory-bundle")
