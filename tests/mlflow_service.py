@@ -4,7 +4,6 @@ S3-compatible server, bound to 127.0.0.1 and stopped by the fixture that started
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services import free_port
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, deadline_s: float, log: Path) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services import cmdline
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,10 +59,7 @@ def session_pids(sid: int) -> list[int]:
 
 
 def process_title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return " ".join(cmdline(pid))
 
 
 def tail(log: Path | None, chars: int = 4000) -> str:
