@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_TASK = "denoise"
-PACKAGE_DEFAULTS = (Path(__file__).parent / "defaults", Path(__file__).parent.parent / "ugpnet" / "defaults")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "ugpnet.json"
 HASH_CHUNK = 8 << 20
@@ -118,20 +117,12 @@ def _registry_bundle(ref: str) -> tuple[Path, str]:
 
 
 def _default_bundle(ref: str) -> Path:
-    task = ref.partition(":")[2] or DEFAULT_TASK
-    for root in PACKAGE_DEFAULTS:
-        candidate = root / task
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    try:  # a resolver registered for the `default` scheme (ugpnet.model_refs entry points)
-        from ugpnet.checkpoint import resolve_ref
+    from ugpnet.checkpoint import default_bundle
 
-        return Path(resolve_ref(ref if ":" in ref else f"default:{task}"))
-    except (ValueError, FileNotFoundError, ImportError):
-        pass
-    raise ModelRefError(f"no shipped default model for task {task!r} (looked in "
-                        f"{', '.join(str(r / task) for r in PACKAGE_DEFAULTS)}); pass a bundle directory, "
-                        f"models:/NAME@ALIAS or preset:NAME instead")
+    try:
+        return default_bundle(ref.partition(":")[2] or DEFAULT_TASK)
+    except FileNotFoundError as err:
+        raise ModelRefError(f"{err}; pass a bundle directory, models:/NAME@ALIAS or preset:NAME instead") from None
 
 
 def _preset_bundle(spec: str) -> Path:

@@ -85,6 +85,9 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 REF_RESOLVERS_GROUP = "ugpnet.model_refs"
+DEFAULT_SCHEME = "default"     # `default:TASK` (or `default`): the bundles shipped in ugpnet/defaults/
+DEFAULT_TASK = "denoise"
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
 
 
 def resolve_ref(ref: str | os.PathLike) -> Path:
@@ -94,7 +97,9 @@ def resolve_ref(ref: str | os.PathLike) -> Path:
     path = Path(ref)
     if path.is_dir():
         return path
-    scheme, sep, _ = str(ref).partition(":")
+    scheme, sep, rest = str(ref).partition(":")
+    if scheme == DEFAULT_SCHEME and (rest or not sep):
+        return default_bundle(rest or DEFAULT_TASK)
     if sep:
         from importlib.metadata import entry_points
 
@@ -102,6 +107,16 @@ def resolve_ref(ref: str | os.PathLike) -> Path:
             return Path(entry.load()(str(ref)))
         raise ValueError(f"no resolver for model reference scheme {scheme!r} in {str(ref)!r}")
     raise FileNotFoundError(f"model reference {str(ref)!r} is not a bundle directory")
+
+
+def default_bundle(task: str) -> Path:
+    """The default model shipped inside this package for `task` (denoise | deblur | sr)."""
+    bundle = DEFAULTS_DIR / task
+    if not (bundle / CONFIG_FILE).is_file():
+        shipped = sorted(p.name for p in DEFAULTS_DIR.glob("*") if (p / CONFIG_FILE).is_file())
+        raise FileNotFoundError(f"no shipped default model for task {task!r} in {DEFAULTS_DIR} "
+                                f"(shipped: {', '.join(shipped) or 'none'})")
+    return bundle
 
 
 def load(ref: str | os.PathLike, device: str | torch.device = "cpu") -> UGPNet:
