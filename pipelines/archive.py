@@ -1,0 +1,326 @@
+"""`ugpnet archive`: scheduled, incremental restoration of a large and growing prefix.
+
+    take the lease                                  (another live run holds it → exit 4, nothing done)
+    list the source ⋈ committed state, by key       streamed merge: new / changed / unchanged / deleted
+    select new + changed (+ model / retry), key order, at most --max-items; the rest waits
+    record the plan, invalidate the selection's old done-markers, then restore the plan with the restore flow
+    write the new state version and the run's changes, then commit: replace HEAD.json (one atomic step)
+
+Outputs are named exactly as `ugpnet restore --input SOURCE --output DEST` names them, and the restore
+manifest and summary land under `<dest>/_ugpnet/` as usual. A run that dies anywhere leaves HEAD.json at
+the last commit; the next run selects the same objects again and restore skips those whose outputs the
+dead run finished (done-markers written after it invalidated the old ones; see archive_state), so work is
+neither lost nor done twice. Deleted objects are recorded in the run's changes and dropped from the
+state; their outputs are left in place.
+
+Exit status: 0 committed (or nothing to do); 3 committed but the restore error rate exceeded
+--max-error-rate; 4 another run holds the lease (nothing done); 1 the run failed or lost its lease
+(nothing committed); 2 a bad configuration.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+
+from pipelines import storage
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, load_config_file
+
+EXIT_RUN_FAILED = 1
+EXIT_ERROR_RATE = 3
+EXIT_LEASE_HELD = 4
+CRASH_ENV = "UGPNET_ARCHIVE_CRASH_AT"  # test hook: os._exit() at this checkpoint (see _checkpoint)
+CRASH_EXIT = 70
+CHECKPOINTS = ("planned", "invalidated", "processed", "before-commit", "after-commit")
+# Restore fields the archive decides itself; every other RestoreConfig field may be passed through.
+ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions")
+
+
+@dataclass
+class ArchiveConfig:
+    """One scheduled run. Units: objects, seconds."""
+
+    source: str                                 # folder or s3://bucket/prefix holding the archive
+    dest: str                                   # folder or s3://bucket/prefix for outputs (as restore names them)
+    state: str                                  # folder or s3://bucket/prefix for state, lease and history
+    model: str                                  # any restore model reference; resolved once per run
+    max_items: int = 0                          # objects processed per run at most; 0: no cap
+    reprocess_on_model_change: bool = False     # also redo unchanged objects made by another model version
+    retry_errors: bool = False                  # also redo unchanged objects whose last outcome was an error
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    lease_ttl_s: float = 900.0                  # a dead run's lease blocks others this long; renewed every ttl/3
+    keep_versions: int = 10                     # state files kept (commit records and changes are all kept)
+    run_id: str | None = None                   # default: archive-<UTC time>-<random>
+    restore: dict = field(default_factory=dict)  # RestoreConfig fields for the processing (fit, actors, ext, …)
+
+    def validate(self) -> "ArchiveConfig":
+        for name in ("source", "dest", "state", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(name, "is required (a non-empty string)")
+            if name != "model":
+                try:
+                    storage.resolve(value)
+                except storage.StorageError as err:
+                    raise ConfigError(name, str(err)) from err
+        for name in ("max_items", "keep_versions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
+        if isinstance(self.lease_ttl_s, bool) or not isinstance(self.lease_ttl_s, int | float) \
+                or not self.lease_ttl_s > 0:
+            raise ConfigError("lease_ttl_s", f"must be a number of seconds > 0, got {self.lease_ttl_s!r}")
+        for name in ("reprocess_on_model_change", "retry_errors"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        locations = {name: storage.resolve(getattr(self, name)) for name in ("source", "dest", "state")}
+        for a, b in (("source", "dest"), ("source", "state"), ("dest", "state")):
+            if locations[a].spec.scheme == locations[b].spec.scheme and locations[a].path == locations[b].path:
+                raise ConfigError(b, f"must differ from {a}")
+        if locations["dest"].contains(locations["source"]) or locations["state"].contains(locations["source"]):
+            raise ConfigError("source", "must not lie inside dest or state")
+        if not isinstance(self.restore, dict):
+            raise ConfigError("restore", "must be a mapping of restore fields")
+        owned = sorted(set(self.restore) & set(ARCHIVE_OWNED))
+        if owned:
+            raise ConfigError(f"restore.{owned[0]}", "is set by the archive run itself")
+        self.extensions = self.restore_config().extensions  # also fails now, named, on a bad restore field
+        if self.run_id is not None and (not isinstance(self.run_id, str) or "/" in self.run_id or not self.run_id
+                                        or storage.safe_relative_key(self.run_id) != self.run_id):
+            raise ConfigError("run_id", f"must be a plain name, got {self.run_id!r}")
+        return self
+
+    def restore_config(self, plan_uri: str = "plan.parquet", run_id: str | None = None,
+                       model: str | None = None) -> RestoreConfig:
+        """The restore run that processes a plan: this run's id, the plan as its input manifest."""
+        values = {**self.restore, "input": plan_uri, "output": self.dest, "model": model or self.model,
+                  "run_id": run_id, "extensions": self.extensions}
+        try:
+            return RestoreConfig.from_mapping(values).validate()
+        except ConfigError as err:
+            name = err.field if err.field in ("extensions",) else f"restore.{err.field}"
+            raise ConfigError(name, str(err).split(": ", 1)[-1]) from err
+        except TypeError as err:
+            raise ConfigError("restore", str(err)) from err
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "ArchiveConfig":
+        known = {f.name for f in fields(cls)}
+        normalised = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
+            normalised[name] = value
+        for name in ("source", "dest", "state", "model"):
+            if name not in normalised:
+                raise ConfigError(name, "is required")
+        if isinstance(normalised.get("extensions"), str | list | tuple):
+            normalised["extensions"] = tuple(str(e) for e in (normalised["extensions"].split(",") if isinstance(
+                normalised["extensions"], str) else normalised["extensions"]))
+        return cls(**normalised)
+
+
+@dataclass
+class ArchiveSummary:
+    run_id: str
+    committed: bool
+    version: int                 # the committed version after this run (unchanged when nothing was committed)
+    listed: int = 0
+    unchanged: int = 0
+    new: int = 0
+    changed: int = 0
+    reprocess: int = 0           # unchanged objects selected again (model change, error retry)
+    deleted: int = 0
+    selected: int = 0
+    deferred: int = 0            # selectable but over --max-items: left for the next run
+    ok: int = 0
+    errors: int = 0
+    reused: int = 0              # selected objects whose output an uncommitted earlier run had finished
+    restore_exit_status: int = 0
+    duration_s: float = 0.0
+    message: str = ""
+
+    def line(self) -> str:
+        if not self.committed:
+            return f"archive {self.run_id}: {self.message or 'nothing committed'}"
+        return (f"archive {self.run_id}: committed version {self.version}: listed {self.listed}, new {self.new}, "
+                f"changed {self.changed}, reprocess {self.reprocess}, deleted {self.deleted}, unchanged "
+                f"{self.unchanged}; processed {self.selected} ({self.ok} ok, {self.errors} error, {self.reused} "
+                f"reused), deferred {self.deferred}; {self.duration_s:.1f} s")
+
+
+def _checkpoint(name: str, hook) -> None:
+    """Crash points for the crash-safety tests: the env hook kills the process as a crash would."""
+    if os.environ.get(CRASH_ENV) == name:
+        print(f"ugpnet archive: {CRASH_ENV}={name}: exiting now", file=sys.stderr, flush=True)
+        os._exit(CRASH_EXIT)
+    if hook is not None:
+        hook(name)
+
+
+# ---------------------------------------------------------------- the run
+
+def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
+    """One scheduled run; `hook(checkpoint)` is called at each of CHECKPOINTS (tests)."""
+    from pipelines.archive_state import Lease, StateStore
+    from pipelines.model_refs import ModelRefError, resolve_model
+
+    started = time.perf_counter()
+    config.validate()
+    run_id = config.run_id or f"archive-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    s3 = storage.s3_spec_from_env()
+    source, dest, state_root = (storage.resolve(getattr(config, n), s3) for n in ("source", "dest", "state"))
+    try:
+        model = resolve_model(config.model)
+    except ModelRefError as err:
+        raise ConfigError("model", str(err)) from err
+    store = StateStore(state_root)
+    lease = Lease(store, Lease.default_owner(run_id), config.lease_ttl_s)
+    taken_over = lease.acquire()  # LeaseHeld propagates: nothing has been touched
+    if taken_over:
+        print(f"ugpnet archive: took over an expired lease ({taken_over.get('owner')})", file=sys.stderr)
+    lease.start_heartbeat()
+    try:
+        summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)
+    finally:
+        lease.stop_heartbeat()
+        lease.release()
+    summary.duration_s = round(time.perf_counter() - started, 3)
+    print(summary.line(), flush=True)
+    return summary
+
+
+def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":
+    from pipelines import archive_plan
+    from pipelines.archive_state import LeaseLost
+
+    head = store.head()
+    base_version = (head or {}).get("version", 0)
+    summary = ArchiveSummary(run_id=run_id, committed=False, version=base_version)
+    with tempfile.TemporaryDirectory(prefix="ugpnet-archive-") as scratch:
+        plan = archive_plan.plan_run(config, source, dest, store, head, model.model_version, scratch, summary)
+        _checkpoint("planned", hook)
+        outcomes = {}
+        if plan.selected:
+            restore_config = config.restore_config(plan.plan_uri, run_id, model=model.bundle_dir)
+            archive_plan.prepare_outputs(plan, store, base_version, model.model_version, restore_config, run_id)
+            _checkpoint("invalidated", hook)
+            outcomes, summary.restore_exit_status = _process(restore_config, model, plan)
+        _checkpoint("processed", hook)
+        if not plan.selected and not summary.deleted:
+            summary.message = f"nothing new or changed under {source.uri} (version {base_version} stays)"
+            return summary
+        if lease.lost:
+            raise LeaseLost(str(lease.lost))
+        record = archive_plan.write_version(plan, outcomes, store, base_version, run_id, model, config, summary,
+                                            scratch)
+        _checkpoint("before-commit", hook)
+        store.commit(record, base_version=base_version, lease=lease)
+    summary.committed, summary.version = True, record["version"]
+    _checkpoint("after-commit", hook)
+    try:
+        store.clean_after_commit(base_version, config.keep_versions)
+    except OSError as err:  # leftovers are harmless: nothing points at them
+        print(f"ugpnet archive: clean-up after commit failed (harmless): {err}", file=sys.stderr)
+    return summary
+
+
+def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict], int]:
+    """Run the restore flow on the plan; returns {input uri: manifest row} and restore's exit status."""
+    import pyarrow.dataset as pads
+
+    from pipelines import restore
+
+    result = restore.run(restore_config)
+    if result.model.get("version") != model.model_version:
+        raise RuntimeError(f"restore used model {result.model.get('version')}, the archive planned with "
+                           f"{model.model_version}")
+    manifest = storage.resolve(result.manifest)
+    table = pads.dataset(manifest.path, filesystem=manifest.filesystem, format="parquet").to_table(
+        columns=["input_uri", "status", "output_uri", "error"])
+    outcomes = {row["input_uri"]: row for row in table.to_pylist()}
+    missing = [uri for uri in plan.uris if uri not in outcomes]
+    if missing or len(outcomes) != table.num_rows:
+        raise RuntimeError(f"the restore manifest {result.manifest} lacks {len(missing)} planned inputs "
+                           f"(e.g. {missing[:3]}) or repeats some: not committing")
+    return outcomes, result.exit_status
+
+
+# ---------------------------------------------------------------- CLI
+
+RESTORE_FLAGS = (("--fit", str), ("--stages", str), ("--actors", str), ("--batch-size", int),
+                 ("--gpus-per-actor", float), ("--cpus-per-actor", float), ("--cpus-per-task", float),
+                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float))
+
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser("archive", help="incremental, scheduled restoration of a growing archive",
+                            description=__doc__.split("\n\n")[0])
+    arg = parser.add_argument
+    arg("--config", help="YAML or JSON file of ArchiveConfig fields (restore fields under `restore:`)")
+    arg("--source", help="folder or s3://bucket/prefix of the archive")
+    arg("--dest", help="folder or s3://bucket/prefix for the outputs")
+    arg("--state", help="folder or s3://bucket/prefix for the committed state, lease and history")
+    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], preset:NAME")
+    arg("--max-items", type=int, help="process at most this many objects this run; the rest waits (default: all)")
+    arg("--reprocess-on-model-change", action="store_true", default=None,
+        help="also redo unchanged objects whose output another model version made")
+    arg("--retry-errors", action="store_true", default=None, help="also redo unchanged objects that errored")
+    arg("--extensions", help="comma-separated file endings taken from the source")
+    arg("--lease-ttl", dest="lease_ttl_s", type=float, help="lease lifetime in seconds (default: 900)")
+    arg("--keep-versions", type=int, help="state files to keep (default: 10)")
+    arg("--run-id", help="name of this run (default: time + random)")
+    for flag, kind in RESTORE_FLAGS:
+        arg(flag, type=kind, dest=f"restore_{flag[2:].replace('-', '_')}", help="as in `ugpnet restore`")
+    arg("--dry-run", action="store_true", help="validate and print the resolved config; touch nothing")
+    parser.set_defaults(handler=handle)
+
+
+def config_from_args(args) -> ArchiveConfig:
+    values = load_config_file(args.config) if args.config else {}
+    values = dict(values.get("archive", values)) if isinstance(values.get("archive"), dict) else dict(values)
+    for f in fields(ArchiveConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name != "restore":
+            values[f.name] = value
+    restore_values = dict(values.get("restore") or {})
+    for flag, _ in RESTORE_FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, f"restore_{name}", None)
+        if value is not None:
+            restore_values[name] = value
+    values["restore"] = restore_values
+    return ArchiveConfig.from_mapping(values).validate()
+
+
+def handle(args) -> int:
+    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost
+
+    config = config_from_args(args)  # ConfigError → exit 2
+    if args.dry_run:
+        data = asdict(config)
+        data["extensions"] = list(config.extensions)
+        print(json.dumps(data, indent=2))
+        return 0
+    try:
+        summary = run(config)
+    except ConfigError:
+        raise
+    except LeaseHeld as err:
+        print(f"ugpnet archive: another archive run is active on {config.state}: lease {err}; "
+              f"exiting without processing or committing", file=sys.stderr)
+        return EXIT_LEASE_HELD
+    except (LeaseLost, CommitConflict) as err:
+        print(f"ugpnet archive: not committing: {err}; the next run will redo what this one did not commit",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except Exception as err:
+        traceback.print_exc()
+        print(f"ugpnet archive: run failed: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_ERROR_RATE if summary.restore_exit_status == EXIT_ERROR_RATE else 0
