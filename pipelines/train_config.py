@@ -32,7 +32,7 @@ class TrainConfig:
     tracking_uri: str | None = None               # default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "ugpnet-train"
     val_fraction: float = 0.1                     # share of images held out (fixed by path hash)
-    val_max_images: int = 16                      # validation images actually evaluated
+    val_max_images: int = 16                      # validation crops evaluated (≤ 5 per held-out image)
     log_interval: int = 10                        # iterations between loss logs
     max_failures: int = 2                         # worker-group restarts per stage (FailureConfig)
     hyperparams: TrainHyperparams = field(default=None)  # per-stage settings; default from the preset

@@ -99,16 +99,25 @@ def make_train_sample(row: dict, size: int, degradation: Degradation) -> dict:
     return {"lq": lq.numpy().astype(np.float32), "gt": gt.numpy().astype(np.float32)}
 
 
+def validation_crops(h: int, w: int, size: int, count: int) -> list[tuple[int, int]]:
+    """Top-left corners of `count` (1–5) crops: the centre, then the centres of the four quadrants."""
+    centres = [(h / 2, w / 2), (h / 4, w / 4), (h / 4, 3 * w / 4), (3 * h / 4, w / 4), (3 * h / 4, 3 * w / 4)]
+    return [(min(max(round(y - size / 2), 0), h - size), min(max(round(x - size / 2), 0), w - size))
+            for y, x in centres[:count]]
+
+
 def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit: int):
-    """Fixed (lq, gt) tensors: centre crops, degraded with a per-image seed."""
+    """Fixed (lq, gt) tensors: up to `limit` crops, degraded with per-crop seeds. Few held-out images
+    give several crops each (up to five), so one crop's content does not decide the validation score."""
     lqs, gts = [], []
-    for index, uri in enumerate(uris[:limit]):
+    uris = uris[:limit]
+    per_image = max(1, min(5, limit // max(len(uris), 1)))
+    for uri in uris:
         image = ensure_min_side(load_rgb(uri), size)
-        h, w = image.shape[-2:]
-        top, left = (h - size) // 2, (w - size) // 2
-        gt = image[:, top:top + size, left:left + size].contiguous()
-        lqs.append(degrade(gt, degradation, sample_seed(VALIDATION_SEED, index)))
-        gts.append(gt)
+        for top, left in validation_crops(*image.shape[-2:], size, per_image):
+            gt = image[:, top:top + size, left:left + size].contiguous()
+            lqs.append(degrade(gt, degradation, sample_seed(VALIDATION_SEED, len(gts))))
+            gts.append(gt)
     return torch.stack(lqs), torch.stack(gts)
 
 
