@@ -1,0 +1,383 @@
+"""`ugpnet evaluate`: measure a model on clean test images, degraded here with the task's seeded
+degradation at one or more strengths, and write a report.
+
+    list clean images (driver) → read → decode → crop → degrade per strength     CPU tasks
+                               → model (restored, synthesized, fused) + metrics   actor pool (GPU when present)
+    metric rows → <report>/per_image.parquet, summary.json, report.html, grids/   driver
+
+Each image's degraded input depends only on `seed` and the image's key, so two runs (or two models)
+see the same inputs. Metrics per output (the input itself — bicubic-enlarged for SR —, restored,
+synthesized, fused): PSNR, SSIM, the high-frequency energy ratio against GT and its |log2| distance,
+GMSD; LPIPS when the user gives its weights. Bad images become error rows; the run goes on.
+
+Exit status: 0 when the report is written, 1 when no image could be evaluated or the run failed,
+2 (the CLI's usual) for a bad configuration, caught before any work and naming the field.
+"""
+
+import json
+import math
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+
+from pipelines import storage
+from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, _choice, _extensions, _integer, _number
+
+DEFAULT_STRENGTHS = {"denoise": (15.0, 25.0, 50.0), "deblur": (1.0, 2.0, 3.0), "sr": (float(SR_SCALE),)}
+STRENGTH_LABELS = {"denoise": "noise σ (0–255)", "deblur": "Gaussian blur σ (px)", "sr": "downscale factor"}
+EXTRA_METRICS = ("lpips", "fid")
+EXIT_NOTHING_EVALUATED = 1
+PER_IMAGE_FILE = "per_image.parquet"
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything an evaluation needs. Units: pixels, CPUs/GPUs (Ray resources)."""
+
+    data: str                                   # clean images: folder, s3://bucket/prefix, one image or a manifest
+    task: str                                   # denoise | deblur | sr
+    report: str                                 # folder or s3://bucket/prefix for the report
+    model: str | None = None                    # any --model reference; default: default:<task>
+    strengths: tuple[float, ...] | None = None  # denoise σ (0–255), deblur σ (px), sr 8; default per task
+    seed: int = 2024                            # base seed of the degradations
+    crop: int = 0                               # centre-crop clean images to at most crop×crop pixels; 0: whole
+    fit: str = "tile"                           # tile | resize | error (see ugpnet.fitting)
+    metrics: tuple[str, ...] = ()               # extras: lpips (needs vgg16 + lpips_heads); fid is not available
+    vgg16: str | None = None                    # torchvision VGG16 state dict (LPIPS backbone)
+    lpips_heads: str | None = None              # lpips v0.1 vgg.pth linear heads
+    grid_images: int = 4                        # images (first by key) shown as grids at every strength
+    grid_crop: int = 192                        # ground-truth pixels per grid panel (centre square, 1:1)
+    actors: int = 1                             # model actors
+    batch_size: int = 4                         # model-size tiles per forward pass
+    gpus_per_actor: float | None = None         # None: 1 when the Ray cluster has GPUs, else 0
+    cpus_per_actor: float = 0.5
+    cpus_per_task: float = 0.5
+    threads_per_actor: int = 0                  # torch threads in a CPU actor; 0: max(1, ceil(cpus_per_actor))
+    images_per_block: int = 2                   # clean images per Ray Data block
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    max_pixels: int = 100_000_000               # larger clean images become error rows
+
+    def validate(self) -> "EvaluateConfig":
+        """Check and normalise every field; raises ConfigError naming the first bad one."""
+        for name in ("data", "task", "report"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(name, "is required (a non-empty string)")
+        _choice("task", self.task, TASKS)
+        if self.model is None:
+            self.model = f"default:{self.task}"
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", "must be a model reference (bundle dir, models:/..., default:TASK, preset:NAME)")
+        self.strengths = self._strengths()
+        _integer("seed", self.seed, minimum=0)
+        _integer("crop", self.crop, minimum=0)
+        if 0 < self.crop < MIN_SIDE:
+            raise ConfigError("crop", f"must be 0 (whole image) or >= {MIN_SIDE} pixels, got {self.crop}")
+        _choice("fit", self.fit, ("tile", "resize", "error"))
+        self.metrics = self._metrics()
+        _integer("grid_images", self.grid_images, minimum=0)
+        _integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
+        _integer("actors", self.actors, minimum=1)
+        _integer("batch_size", self.batch_size, minimum=1)
+        if self.gpus_per_actor is not None:
+            _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+        _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        if self.cpus_per_actor == 0 and not self.gpus_per_actor:
+            raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
+        _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
+        _integer("threads_per_actor", self.threads_per_actor, minimum=0)
+        _integer("images_per_block", self.images_per_block, minimum=1)
+        self.extensions = _extensions(self.extensions)
+        _integer("max_pixels", self.max_pixels, minimum=1)
+        return self
+
+    def _strengths(self) -> tuple[float, ...]:
+        if self.strengths is None:
+            return DEFAULT_STRENGTHS[self.task]
+        parts = str(self.strengths).split(",") if isinstance(self.strengths, str | int | float) else self.strengths
+        try:
+            values = tuple(float(str(part).strip()) for part in parts)
+        except ValueError:
+            raise ConfigError("strengths", f"must be comma-separated numbers, got {self.strengths!r}") from None
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise ConfigError("strengths", f"must be one or more finite numbers >= 0, got {self.strengths!r}")
+        if len(set(values)) != len(values):
+            raise ConfigError("strengths", f"has repeated values: {self.strengths!r}")
+        if self.task == "sr" and values != (float(SR_SCALE),):
+            raise ConfigError("strengths", f"sr is evaluated at the fixed ×{SR_SCALE} downscale only; "
+                                           f"got {self.strengths!r}")
+        return tuple(sorted(values))
+
+    def _metrics(self) -> tuple[str, ...]:
+        """Extra metrics: LPIPS when asked for or when both of its files are given; never FID."""
+        parts = str(self.metrics).split(",") if isinstance(self.metrics, str) else list(self.metrics)
+        wanted = {str(p).strip().lower() for p in parts if str(p).strip()} - set(BASE_METRICS)
+        unknown = wanted - set(EXTRA_METRICS)
+        if unknown:
+            raise ConfigError("metrics", f"unknown metric(s) {', '.join(sorted(unknown))}; {', '.join(BASE_METRICS)} "
+                                         f"are always computed, extras are {', '.join(EXTRA_METRICS)}")
+        if "fid" in wanted:
+            raise ConfigError("metrics", "fid is not available: Inception-FID needs pretrained Inception weights, "
+                                         "which this version cannot load; drop fid from metrics")
+        if self.vgg16 or self.lpips_heads:
+            wanted.add("lpips")
+        if "lpips" in wanted:
+            from ugpnet.vgg import MissingWeightsError, PerceptualWeights
+
+            weights = PerceptualWeights(vgg16=self.vgg16, lpips_heads=self.lpips_heads)
+            for name in ("vgg16", "lpips_heads"):
+                try:
+                    weights.require(name, "the LPIPS metric")
+                except MissingWeightsError as err:
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(name, f"{err} (on the command line: {flag} PATH); LPIPS is never computed "
+                                            f"with random weights") from None
+        return tuple(sorted(wanted))
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:  # what restore's resource check reads
+        return {"evaluate": self.actors}
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "EvaluateConfig":
+        known = {f.name for f in fields(cls)}
+        normalised = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
+            normalised[name] = value
+        for name in ("data", "task", "report"):
+            if name not in normalised:
+                raise ConfigError(name, "is required")
+        return cls(**normalised)
+
+    def public_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("strengths", "metrics", "extensions"):
+            data[name] = list(getattr(self, name))
+        return data
+
+
+@dataclass
+class EvaluateSummary:
+    run_id: str
+    images: int
+    rows: int                 # images × strengths × outputs
+    ok: int                   # (image, strength) pairs evaluated
+    errors: int               # (image, strength) pairs that failed
+    duration_s: float
+    report: str               # report.html
+    per_image: str            # per_image.parquet
+    summary_path: str
+    table: list               # one entry per (strength, output): means over the ok images
+    comparisons: list         # per strength: what each module adds (see evaluate_report.compare)
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.ok else EXIT_NOTHING_EVALUATED
+
+
+# ---------------------------------------------------------------- the run
+
+def run(config: EvaluateConfig) -> EvaluateSummary:
+    """Validate, plan on the driver, stream degrade → model → metrics through Ray Data, report."""
+    from pipelines.model_refs import ModelRefError, resolve_model
+    from pipelines.restore_inputs import InputError, list_inputs
+
+    started, started_at = time.perf_counter(), datetime.now(UTC)
+    config.validate()
+    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    s3 = storage.s3_spec_from_env()
+    report = _report_root(config.report, s3)
+    try:
+        model = resolve_model(config.model)
+    except ModelRefError as err:
+        raise ConfigError("model", str(err)) from err
+    expected_scale = SR_SCALE if config.task == "sr" else 1
+    if model.scale != expected_scale:
+        raise ConfigError("task", f"{config.task} needs a ×{expected_scale} model; {config.model} is ×{model.scale} "
+                                  f"(preset {model.preset}, task {model.task})")
+    if model.task != config.task:
+        print(f"ugpnet evaluate: note: {config.model} was made for {model.task}, evaluated on {config.task}",
+              file=sys.stderr)
+    if "lpips" in config.metrics:
+        _check_lpips_files(config)
+    try:
+        source = storage.resolve(config.data, s3)
+        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=report)
+    except (InputError, OSError) as err:
+        raise ConfigError("data", str(err)) from err
+    if not items:
+        raise ConfigError("data", f"no images ({', '.join(config.extensions)}) under {config.data}")
+    rows = [{"image": item.relative_key, "input_uri": item.input_uri, "status": "pending", "error": "",
+             "grid": index < config.grid_images} for index, item in enumerate(items)]
+
+    table = _execute(rows, config, model, report, s3, run_id)
+    return _finish(table, config, model, report, run_id, len(rows), started, started_at)
+
+
+def _report_root(uri: str, s3: storage.StorageSpec) -> storage.Location:
+    try:
+        report = storage.resolve(uri, s3)
+        if storage.file_info(report).type == storage.pafs.FileType.File:
+            raise ConfigError("report", f"{report.uri} is a file, not a folder")
+    except storage.StorageError as err:
+        raise ConfigError("report", str(err)) from err
+    except OSError as err:
+        raise ConfigError("report", f"cannot reach {uri}: {err}") from err
+    return report
+
+
+def _check_lpips_files(config: EvaluateConfig) -> None:
+    """Load LPIPS once here, so a wrong file fails now, naming the field, not in every actor."""
+    from ugpnet.vgg import LPIPS, MissingWeightsError, PerceptualWeights
+
+    try:
+        LPIPS(PerceptualWeights(vgg16=config.vgg16, lpips_heads=config.lpips_heads))
+    except (MissingWeightsError, ValueError, RuntimeError) as err:
+        text = str(err)
+        raise ConfigError("lpips_heads" if "head" in text.lower() else "vgg16", text) from err
+
+
+def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
+    import pyarrow as pa
+    import ray
+
+    from pipelines.evaluate_stages import METRIC_SCHEMA, EvalSettings, EvaluateModel, read_decode_degrade
+    from pipelines.model_refs import load_payload
+    from pipelines.restore import _actor_memory, _check_resources, _ensure_ray
+
+    started_ray = _ensure_ray()
+    try:
+        if config.gpus_per_actor is None:  # GPU when present
+            config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        _check_resources(config, _actor_memory(model))
+        settings = EvalSettings(
+            run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,
+            scale=model.scale, fit=config.fit, batch_size=config.batch_size, max_pixels=config.max_pixels,
+            with_lpips="lpips" in config.metrics, vgg16=config.vgg16, lpips_heads=config.lpips_heads,
+            grid_crop=config.grid_crop, report_root=report, s3=s3, model_ref=config.model,
+            model_version=model.model_version)
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / config.images_per_block)))
+        dataset = dataset.map_batches(read_decode_degrade, fn_kwargs={"settings": settings}, batch_size=None,
+                                      batch_format="numpy", num_cpus=config.cpus_per_task)
+        dataset = dataset.map_batches(
+            EvaluateModel, fn_constructor_kwargs=dict(
+                payload_ref=ray.put(load_payload(model)), settings=settings, use_gpu=config.gpus_per_actor > 0,
+                threads=config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))),
+            batch_size=None, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+            # The memory reservation also keeps Ray from fusing the CPU stage into the model actors.
+            memory=_actor_memory(model))
+        # Metric rows are a few hundred bytes each: the only results that come back to the driver.
+        tables = [t for t in ray.get(list(dataset.to_arrow_refs())) if t.num_rows]
+        return pa.concat_tables(tables).cast(METRIC_SCHEMA) if tables else METRIC_SCHEMA.empty_table()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _finish(table, config, model, report, run_id, images, started, started_at) -> EvaluateSummary:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipelines import evaluate_report
+    from pipelines.evaluate_stages import OUTPUTS, describe_degradation
+
+    expected = images * len(config.strengths) * len(OUTPUTS)
+    if table.num_rows != expected:
+        raise RuntimeError(f"the evaluation returned {table.num_rows} rows for {expected} (images × strengths × "
+                           f"outputs)")
+    table = table.sort_by([("image", "ascending"), ("strength", "ascending")])
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(report.child(PER_IMAGE_FILE), buffer.getvalue())
+
+    rows = table.to_pylist()
+    metrics = [*BASE_METRICS, *config.metrics]
+    aggregate = evaluate_report.aggregate(rows, metrics)
+    comparisons = evaluate_report.compare(aggregate)
+    fused_rows = [r for r in rows if r["output"] == "fused"]
+    ok = sum(r["status"] == "ok" for r in fused_rows)
+    context = {
+        "run_id": run_id, "task": config.task, "data": config.data, "model": model.describe(),
+        "strength_label": STRENGTH_LABELS[config.task], "strengths": list(config.strengths),
+        "degradations": {f"{s:g}": json.loads(describe_degradation(config.task, s)) for s in config.strengths},
+        "seed": config.seed, "crop": config.crop, "fit": config.fit, "metrics": metrics, "images": images,
+        "ok": ok, "errors": len(fused_rows) - ok, "started_at": started_at.isoformat()}
+    page = evaluate_report.html_page(context, aggregate, comparisons, rows, read=storage.read_bytes, root=report)
+    storage.write_bytes(report.child("report.html"), page.encode("utf-8"))
+    duration = time.perf_counter() - started
+    summary = EvaluateSummary(
+        run_id=run_id, images=images, rows=table.num_rows, ok=ok, errors=len(fused_rows) - ok,
+        duration_s=round(duration, 3), report=report.child("report.html").uri,
+        per_image=report.child(PER_IMAGE_FILE).uri, summary_path=report.child("summary.json").uri,
+        table=aggregate, comparisons=comparisons)
+    record = {**asdict(summary), **context, "finished_at": datetime.now(UTC).isoformat(),
+              "config": config.public_dict()}
+    storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=_json_value).encode())
+    print(evaluate_report.text_table(aggregate, metrics, STRENGTH_LABELS[config.task]), flush=True)
+    print(f"evaluate {run_id}: {ok} of {len(fused_rows)} image×strength evaluated ({summary.errors} errors) in "
+          f"{duration:.1f} s; report {summary.report}", flush=True)
+    return summary
+
+
+def _json_value(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_parsers(sub) -> None:
+    parser = sub.add_parser("evaluate", help="measure a model on degraded clean images; write an HTML report",
+                            description=__doc__.split("\n\n")[0])
+    arg = parser.add_argument
+    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], preset:NAME "
+                        "(default: default:<task>)")
+    arg("--data", help="clean images: folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest")
+    arg("--task", help="denoise | deblur | sr")
+    arg("--report", help="folder or s3://bucket/prefix for report.html, per_image.parquet, summary.json, grids/")
+    arg("--strengths", help="comma-separated: denoise noise σ in 0–255 (default 15,25,50), deblur blur σ in px "
+                            "(default 1,2,3), sr 8 only")
+    arg("--seed", type=int, help="base seed of the degradations (default: 2024)")
+    arg("--crop", type=int, help="centre-crop clean images to at most this many pixels a side (default: whole)")
+    arg("--fit", choices=("tile", "resize", "error"), help="how any image size meets the model (default: tile)")
+    arg("--metrics", help="extra metrics: lpips (needs --vgg16 and --lpips-heads); fid is not available")
+    arg("--vgg16", help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth), for LPIPS")
+    arg("--lpips-heads", help="LPIPS v0.1 VGG linear heads (lpips/weights/v0.1/vgg.pth)")
+    arg("--grid-images", type=int, help="images shown as LQ|restored|synthesized|fused|GT grids (default: 4)")
+    arg("--grid-crop", type=int, help="ground-truth pixels per grid panel, centre square (default: 192)")
+    arg("--actors", type=int, help="model actors (default: 1)")
+    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
+    arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
+    arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")
+    parser.set_defaults(handler=handle)
+
+
+def config_from_args(args) -> EvaluateConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(EvaluateConfig) if getattr(args, f.name, None) is not None}
+    for name in ("data", "task", "report"):
+        values.setdefault(name, "")
+    return EvaluateConfig.from_mapping(values).validate()
+
+
+def handle(args) -> int:
+    config = config_from_args(args)  # ConfigError → the CLI prints it and exits 2
+    try:
+        summary = run(config)
+    except ConfigError:
+        raise
+    except Exception as err:
+        traceback.print_exc()
+        print(f"ugpnet evaluate: run failed: {err}", file=sys.stderr)
+        return 1
+    if summary.exit_status:
+        print("ugpnet evaluate: no image could be evaluated (see the error rows in the report)", file=sys.stderr)
+    return summary.exit_status
