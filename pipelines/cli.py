@@ -7,9 +7,9 @@ and config validation stay fast.
 import argparse
 import sys
 
-from pipelines import archive, data_prepare, demo, model_commands, registry_commands, restore, train
+from pipelines import archive, data_prepare, demo, evaluate, model_commands, registry_commands, restore, train
 
-VERB_MODULES = [model_commands, registry_commands, restore, archive, train, demo, data_prepare]
+VERB_MODULES = [model_commands, registry_commands, restore, archive, train, evaluate, demo, data_prepare]
 
 
 def build_parser() -> argparse.ArgumentParser:
