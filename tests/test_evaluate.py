@@ -1,0 +1,216 @@
+"""`ugpnet evaluate` on real photos with tiny fresh models (`preset:tiny_*`) on the module's local Ray.
+
+What is checked against independent computations: the degraded input's PSNR (numpy on the 8-bit
+arrays), the restored image's PSNR (the model run in this process), the strength-0 identity case
+(PSNR inf, SSIM 1, HF ratio 1, GMSD 0) and the SR input (bicubic enlargement of the ×8-smaller LQ).
+"""
+
+import io
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import ugpnet
+from pipelines import cli
+from pipelines.evaluate import EvaluateConfig, run
+from pipelines.evaluate_stages import OUTPUTS, task_degradation
+from pipelines.model_refs import resolve_model
+from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, degrade, sample_seed
+
+pytest_plugins = ["services"]
+CROP = 64  # the tiny presets' native size: one tile per image keeps the model stage quick
+
+
+@pytest.fixture(scope="module", autouse=True)
+def preset_cache(tmp_path_factory):
+    """`preset:NAME` bundles are cached; keep this module's out of the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UGPNET_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three real photos (scikit-learn's two and matplotlib's Grace Hopper) and one corrupt file,
+    named so that it sorts last (the first images get the grids)."""
+    from pipelines.samples import write_sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    write_sample_photos(folder, with_skimage=False)
+    (folder / "SOURCES.json").unlink()
+    (folder / "zz_corrupt.jpg").write_bytes(b"<html>not an image</html>")
+    return folder
+
+
+def centre_crop_u8(path, side=CROP) -> np.ndarray:
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+    return rgb[top:top + side, left:left + side]
+
+
+def numpy_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def degraded_u8(gt_u8: np.ndarray, task: str, strength: float, seed: int, index: int) -> np.ndarray:
+    gt = torch.from_numpy(gt_u8.transpose(2, 0, 1).astype(np.float32) / 255)
+    lq = degrade(gt, task_degradation(task, strength), sample_seed(seed, index))
+    return np.round(lq.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- no Ray: degradations and config errors
+
+def test_task_degradations_match_the_named_evaluation_settings():
+    assert task_degradation("denoise", 25) == NAMED_DEGRADATIONS["denoise_sigma25"]
+    assert task_degradation("denoise", 50) == NAMED_DEGRADATIONS["denoise_sigma50"]
+    assert task_degradation("deblur", 2) == NAMED_DEGRADATIONS["deblur_gaussian_sigma2"]
+    assert task_degradation("sr", 8) == NAMED_DEGRADATIONS["sr_bicubic_x8"]
+    assert task_degradation("denoise", 0) == task_degradation("deblur", 0) == Degradation()
+
+
+@pytest.mark.parametrize("flags, field, words", [
+    (["--task", "blur"], "task", "denoise, deblur, sr"),
+    (["--task", "denoise", "--strengths", "15,abc"], "strengths", "numbers"),
+    (["--task", "denoise", "--strengths", "-5"], "strengths", ">= 0"),
+    (["--task", "sr", "--strengths", "4"], "strengths", "×8"),
+    (["--task", "denoise", "--crop", "8"], "crop", ">= 16"),
+    (["--task", "denoise", "--metrics", "fid"], "metrics", "Inception"),
+    (["--task", "denoise", "--metrics", "niqe"], "metrics", "unknown"),
+    (["--task", "denoise", "--metrics", "lpips"], "vgg16", "--vgg16"),
+])
+def test_bad_config_exits_2_naming_the_field(flags, field, words, photos, tmp_path, capsys):
+    status = cli.main(["evaluate", "--model", "preset:tiny_denoise", "--data", str(photos),
+                       "--report", str(tmp_path / "report"), *flags])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"config field '{field}'" in err and words in err, err
+    assert not (tmp_path / "report").exists()  # nothing was done
+
+
+def test_lpips_needs_both_files_and_never_random_weights(tmp_path):
+    from perceptual_fixtures import write_perceptual_weights
+
+    weights = write_perceptual_weights(tmp_path)
+    config = EvaluateConfig(data=str(tmp_path), task="denoise", report=str(tmp_path / "r"), vgg16=weights.vgg16)
+    with pytest.raises(ValueError, match="config field 'lpips_heads'.*LPIPS v0.1.*--lpips-heads"):
+        config.validate()
+    config = EvaluateConfig(data=str(tmp_path), task="denoise", report=str(tmp_path / "r"), vgg16=weights.vgg16,
+                            lpips_heads=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="config field 'lpips_heads'.*does not exist"):
+        config.validate()
+    config = EvaluateConfig(data=str(tmp_path), task="denoise", report=str(tmp_path / "r"), vgg16=weights.vgg16,
+                            lpips_heads=weights.lpips_heads).validate()
+    assert config.metrics == ("lpips",)  # given both files, LPIPS is measured without being asked
+
+
+def test_model_task_and_data_are_checked_before_any_work(photos, tmp_path):
+    with pytest.raises(ValueError, match="config field 'task': sr needs a ×8 model.*×1"):
+        run(EvaluateConfig(data=str(photos), task="sr", report=str(tmp_path / "r"), model="preset:tiny_denoise"))
+    with pytest.raises(ValueError, match="config field 'model'"):
+        run(EvaluateConfig(data=str(photos), task="denoise", report=str(tmp_path / "r"), model=str(tmp_path)))
+    with pytest.raises(ValueError, match="config field 'data'.*does not exist"):
+        run(EvaluateConfig(data=str(tmp_path / "nowhere"), task="denoise", report=str(tmp_path / "r"),
+                           model="preset:tiny_denoise"))
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- end to end on Ray
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(400)
+def test_denoise_report_metrics_grids_and_error_rows(photos, tmp_path, capsys):
+    report = tmp_path / "report"
+    status = cli.main(["evaluate", "--model", "preset:tiny_denoise", "--data", str(photos), "--task", "denoise",
+                       "--report", str(report), "--strengths", "25,0", "--crop", str(CROP), "--grid-images", "2"])
+    out = capsys.readouterr().out
+    assert status == 0
+    images = sorted(p.name for p in photos.iterdir())
+    assert images == ["china.png", "flower.png", "grace_hopper.jpg", "zz_corrupt.jpg"]
+
+    rows = pq.read_table(report / "per_image.parquet").to_pylist()
+    keys = [(r["image"], r["strength"], r["output"]) for r in rows]
+    assert sorted(keys) == sorted((i, s, o) for i in images for s in (0.0, 25.0) for o in OUTPUTS)
+    by_key = dict(zip(keys, rows, strict=True))
+
+    # The corrupt file: one error row per strength and output, with the stage and the reason; the run went on.
+    corrupt = [r for r in rows if r["image"] == "zz_corrupt.jpg"]
+    assert {r["status"] for r in corrupt} == {"error"} and all(r["error"].startswith("decode:") for r in corrupt)
+    assert all(r["psnr"] is None for r in corrupt)
+    good = [r for r in rows if r["image"] != "zz_corrupt.jpg"]
+    assert {r["status"] for r in good} == {"ok"} and {(r["width"], r["height"]) for r in good} == {(CROP, CROP)}
+
+    # Strength 0 is the identity: the input is the ground truth.
+    for image in images[:3]:
+        identity = by_key[(image, 0.0, "input")]
+        assert identity["psnr"] == math.inf and identity["ssim"] == pytest.approx(1.0)
+        assert identity["hf_ratio"] == pytest.approx(1.0) and identity["gmsd"] == pytest.approx(0.0, abs=1e-9)
+
+    # σ = 25: the input's PSNR and the restored image's PSNR, recomputed here from the files.
+    model = ugpnet.load(resolve_model("preset:tiny_denoise").bundle_dir).eval()
+    for image in images[:3]:
+        row = by_key[(image, 25.0, "input")]
+        gt = centre_crop_u8(photos / image)
+        lq = degraded_u8(gt, "denoise", 25.0, 2024, row["seed_index"])
+        assert row["psnr"] == pytest.approx(numpy_psnr(lq, gt), abs=1e-4)
+        assert 19.0 < row["psnr"] < 23.0  # σ 25 of 255 is about 20.2 dB before clipping
+        with torch.inference_mode():
+            restored = model.restore(torch.from_numpy(lq.transpose(2, 0, 1) / 255).float(), fit="tile",
+                                     return_all=True).restored
+        restored_u8 = np.round(restored.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+        assert by_key[(image, 25.0, "restored")]["psnr"] == pytest.approx(numpy_psnr(restored_u8, gt), abs=0.05)
+
+    # Report: summary.json, the terminal table, the HTML page with plots, grids and the error list.
+    summary = json.loads((report / "summary.json").read_text())
+    assert (summary["images"], summary["ok"], summary["errors"], summary["rows"]) == (4, 6, 2, 32)
+    assert len(summary["table"]) == 8 and len(summary["comparisons"]) == 2
+    fused_25 = next(e for e in summary["table"] if e["strength"] == 25 and e["output"] == "fused")
+    assert fused_25["n"] == 3 and fused_25["psnr"] == pytest.approx(
+        np.mean([by_key[(i, 25.0, "fused")]["psnr"] for i in images[:3]]))
+    assert "synthesized" in out and "hf_distance" in out and "report" in out
+    page = (report / "report.html").read_text()
+    assert page.count("<svg") == 1 and "noise σ (0–255)" in page
+    assert page.count("data:image/png;base64,") == 4  # 2 grid images × 2 strengths
+    assert "Errors (2)" in page and "zz_corrupt.jpg" in page
+    assert " src='http" not in page and 'src="http' not in page  # self-contained
+    strip = Image.open(report / "grids" / "china.png@25.png")
+    assert strip.size == (5 * CROP + 4 * 2, CROP)  # LQ | restored | synthesized | fused | GT, 2-px gaps
+    embedded = page.split("data:image/png;base64,")[1].split("'")[0]
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(embedded))).size == strip.size
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(400)
+def test_sr_from_a_manifest_with_lpips(photos, tmp_path):
+    from perceptual_fixtures import write_perceptual_weights
+
+    weights = write_perceptual_weights(tmp_path)
+    manifest = tmp_path / "test_split.txt"
+    manifest.write_text(f"# fixed test split\n{photos / 'china.png'}\n{photos / 'grace_hopper.jpg'}\n")
+    summary = run(EvaluateConfig(data=str(manifest), task="sr", report=str(tmp_path / "report"),
+                                 model="preset:tiny_sr_x8", crop=CROP, grid_images=1, vgg16=weights.vgg16,
+                                 lpips_heads=weights.lpips_heads))
+    assert (summary.ok, summary.errors, summary.rows) == (2, 0, 2 * 1 * 4)
+    rows = pq.read_table(tmp_path / "report" / "per_image.parquet").to_pylist()
+    assert {r["strength"] for r in rows} == {8.0}
+    assert all(r["lpips"] is not None and math.isfinite(r["lpips"]) and r["lpips"] >= 0 for r in rows)
+    for image in ("china.png", "grace_hopper.jpg"):
+        row = next(r for r in rows if r["image"] == image and r["output"] == "input")
+        gt = centre_crop_u8(photos / image)
+        lq = degraded_u8(gt, "sr", 8, 2024, row["seed_index"])
+        assert lq.shape == (CROP // 8, CROP // 8, 3)
+        enlarged = torch.nn.functional.interpolate(torch.from_numpy(lq.transpose(2, 0, 1) / 255)[None].float(),
+                                                   size=(CROP, CROP), mode="bicubic", align_corners=False)
+        enlarged_u8 = np.round(enlarged[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+        assert row["psnr"] == pytest.approx(numpy_psnr(enlarged_u8, gt), abs=1e-4)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "LPIPS" in page and page.count("data:image/png;base64,") == 1
