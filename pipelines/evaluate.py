@@ -321,15 +321,11 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
         table=aggregate, comparisons=comparisons)
     record = {**asdict(summary), **context, "finished_at": datetime.now(UTC).isoformat(),
               "config": config.public_dict()}
-    storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=_json_value).encode())
+    storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=str).encode())
     print(evaluate_report.text_table(aggregate, metrics, STRENGTH_LABELS[config.task]), flush=True)
     print(f"evaluate {run_id}: {ok} of {len(fused_rows)} image×strength evaluated ({summary.errors} errors) in "
           f"{duration:.1f} s; report {summary.report}", flush=True)
     return summary
-
-
-def _json_value(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
 # ---------------------------------------------------------------- CLI

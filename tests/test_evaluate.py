@@ -5,6 +5,7 @@ arrays), the restored image's PSNR (the model run in this process), the strength
 (PSNR inf, SSIM 1, HF ratio 1, GMSD 0) and the SR input (bicubic enlargement of the ×8-smaller LQ).
 """
 
+import base64
 import io
 import json
 import math
@@ -120,6 +121,41 @@ def test_model_task_and_data_are_checked_before_any_work(photos, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_stages_in_process_deblur_identity_blur_and_model_errors(photos, tmp_path):
+    """The two Ray Data stages called directly (no Ray): deblur at σ 0 and 2 through the tiny deblurring
+    model; a fit the model refuses turns that image's rows into `model:` error rows."""
+    from dataclasses import replace
+
+    from pipelines import storage
+    from pipelines.evaluate_stages import EvalSettings, EvaluateModel, read_decode_degrade, seed_index
+    from pipelines.model_refs import load_payload
+
+    model = resolve_model("preset:tiny_deblur")
+    settings = EvalSettings(run_id="t", task="deblur", strengths=(0.0, 2.0), seed=7, crop=CROP, scale=1, fit="tile",
+                            batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
+                            grid_crop=32, report_root=storage.resolve(str(tmp_path / "r")),
+                            s3=storage.s3_spec_from_env(), model_ref=model.ref, model_version=model.model_version)
+    batch = {"image": np.array(["flower.png"]), "input_uri": np.array([str(photos / "flower.png")]),
+             "status": np.array(["pending"]), "error": np.array([""]), "grid": np.array([True])}
+    degraded = read_decode_degrade(batch, settings)
+    assert degraded["strength"] == [0.0, 2.0] and degraded["status"] == ["pending"] * 2
+    stage = EvaluateModel(load_payload(model), settings, use_gpu=False, threads=1)
+    rows = stage(degraded).to_pylist()
+    assert [(r["strength"], r["output"], r["status"]) for r in rows] == [
+        (s, o, "ok") for s in (0.0, 2.0) for o in OUTPUTS]
+    gt = centre_crop_u8(photos / "flower.png")
+    blurred = degraded_u8(gt, "deblur", 2.0, 7, seed_index("flower.png"))
+    assert rows[4]["psnr"] == pytest.approx(numpy_psnr(blurred, gt), abs=1e-4) and rows[4]["psnr"] < 40
+    assert rows[0]["psnr"] == math.inf and rows[4]["hf_ratio"] < 0.5  # blur removes most high frequencies
+    assert Image.open(tmp_path / "r" / "grids" / "flower.png@2.png").size == (5 * 32 + 8, 32)
+
+    strict = replace(settings, fit="error", crop=80)  # the tiny model takes exactly 64×64
+    rows = EvaluateModel(load_payload(model), strict, use_gpu=False, threads=1)(
+        read_decode_degrade(batch, strict)).to_pylist()
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"error"}
+    assert all(r["error"].startswith("model: ") and "64" in r["error"] for r in rows)
+
+
 # ---------------------------------------------------------------- end to end on Ray
 
 @pytest.mark.integration
@@ -182,8 +218,6 @@ def test_denoise_report_metrics_grids_and_error_rows(photos, tmp_path, capsys):
     strip = Image.open(report / "grids" / "china.png@25.png")
     assert strip.size == (5 * CROP + 4 * 2, CROP)  # LQ | restored | synthesized | fused | GT, 2-px gaps
     embedded = page.split("data:image/png;base64,")[1].split("'")[0]
-    import base64
-
     assert Image.open(io.BytesIO(base64.b64decode(embedded))).size == strip.size
 
 
