@@ -224,18 +224,27 @@ def test_denoise_report_metrics_grids_and_error_rows(photos, tmp_path, capsys):
 @pytest.mark.integration
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(400)
-def test_sr_from_a_manifest_with_lpips(photos, tmp_path):
+def test_sr_on_s3_from_a_manifest_with_lpips(s3_buckets, photos, tmp_path):
+    """Clean images, manifest and report all in S3 (moto server); LPIPS from user-given files."""
     from perceptual_fixtures import write_perceptual_weights
 
+    client = s3_buckets.client()
+    for image in ("china.png", "grace_hopper.jpg"):
+        client.put_object(Bucket="inputs", Key=f"clean/{image}", Body=(photos / image).read_bytes())
+    client.put_object(Bucket="inputs", Key="clean/test_split.txt",
+                      Body=b"# fixed test split, relative to this manifest\nchina.png\ngrace_hopper.jpg\n")
     weights = write_perceptual_weights(tmp_path)
-    manifest = tmp_path / "test_split.txt"
-    manifest.write_text(f"# fixed test split\n{photos / 'china.png'}\n{photos / 'grace_hopper.jpg'}\n")
-    summary = run(EvaluateConfig(data=str(manifest), task="sr", report=str(tmp_path / "report"),
+    summary = run(EvaluateConfig(data="s3://inputs/clean/test_split.txt", task="sr", report="s3://outputs/eval/",
                                  model="preset:tiny_sr_x8", crop=CROP, grid_images=1, vgg16=weights.vgg16,
                                  lpips_heads=weights.lpips_heads))
     assert (summary.ok, summary.errors, summary.rows) == (2, 0, 2 * 1 * 4)
-    rows = pq.read_table(tmp_path / "report" / "per_image.parquet").to_pylist()
-    assert {r["strength"] for r in rows} == {8.0}
+    assert summary.report == "s3://outputs/eval/report.html"
+
+    def fetch(key: str) -> bytes:
+        return client.get_object(Bucket="outputs", Key=f"eval/{key}")["Body"].read()
+
+    rows = pq.read_table(io.BytesIO(fetch("per_image.parquet"))).to_pylist()
+    assert {r["strength"] for r in rows} == {8.0} and {r["image"] for r in rows} == {"china.png", "grace_hopper.jpg"}
     assert all(r["lpips"] is not None and math.isfinite(r["lpips"]) and r["lpips"] >= 0 for r in rows)
     for image in ("china.png", "grace_hopper.jpg"):
         row = next(r for r in rows if r["image"] == image and r["output"] == "input")
@@ -246,5 +255,7 @@ def test_sr_from_a_manifest_with_lpips(photos, tmp_path):
                                                    size=(CROP, CROP), mode="bicubic", align_corners=False)
         enlarged_u8 = np.round(enlarged[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
         assert row["psnr"] == pytest.approx(numpy_psnr(enlarged_u8, gt), abs=1e-4)
-    page = (tmp_path / "report" / "report.html").read_text()
+    page = fetch("report.html").decode()
     assert "LPIPS" in page and page.count("data:image/png;base64,") == 1
+    assert json.loads(fetch("summary.json"))["model"]["preset"] == "tiny_sr_x8"
+    assert Image.open(io.BytesIO(fetch("grids/china.png@8.png"))).size == (5 * CROP + 8, CROP)
