@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+DEMO_MAX_SIDE = 512
 TASK_DEGRADATIONS = {"denoise": "denoise_sigma25", "deblur": "deblur_gaussian_sigma2", "sr": "sr_bicubic_x8"}
 
 
@@ -20,26 +21,34 @@ def add_parsers(sub) -> None:
     parser.set_defaults(handler=run_cli)
 
 
+def demo_photos(max_side: int = DEMO_MAX_SIDE):
+    """The installed-package photos that fall in the fixed test split of `ugpnet data prepare`
+    (so the shipped defaults never trained on them), reduced to `max_side`."""
+    from pipelines.data_prepare import reduce, split_of
+    from pipelines.photo_sources import installed_photos
+
+    return [(photo.name.replace("/", "_"), reduce(photo.image, max_side)) for photo in installed_photos()
+            if split_of(photo.name, 0.1, 0.2) == "test"]
+
+
 def prepare_inputs(out: Path, task: str) -> list[str]:
-    """Clean sample photos and their degraded versions (seeded), side by side in `out`."""
+    """Clean test-split photos and their degraded versions (seeded), side by side in `out`."""
     import torch
 
-    from pipelines.samples import DEMO_PHOTOS, write_sample_photos
     from ugpnet.degradations import degrade, get_degradation, sample_seed
-    from ugpnet.images import decode_image, encode_image
+    from ugpnet.images import encode_image
 
     clean_dir, degraded_dir = out / "clean", out / "degraded"
-    write_sample_photos(clean_dir)
+    clean_dir.mkdir(parents=True, exist_ok=True)
     degraded_dir.mkdir(parents=True, exist_ok=True)
     degradation = get_degradation(TASK_DEGRADATIONS[task])
     names = []
-    for index, name in enumerate(n for n in DEMO_PHOTOS if (clean_dir / n).exists()):
-        rgb = decode_image((clean_dir / name).read_bytes()).rgb
+    for index, (stem, image) in enumerate(demo_photos()):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         h, w = (rgb.shape[0] // 8) * 8, (rgb.shape[1] // 8) * 8  # ×8 SR needs sides divisible by 8
-        clean = torch.from_numpy(np.ascontiguousarray(rgb[:h, :w].transpose(2, 0, 1)))
-        lq = degrade(clean, degradation, sample_seed(2024, index))
-        stem = Path(name).stem
-        (clean_dir / f"{stem}.crop.png").write_bytes(encode_image(rgb[:h, :w]))
+        rgb = np.ascontiguousarray(rgb[:h, :w])
+        lq = degrade(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), degradation, sample_seed(2024, index))
+        (clean_dir / f"{stem}.png").write_bytes(encode_image(rgb))
         (degraded_dir / f"{stem}.png").write_bytes(encode_image(lq.permute(1, 2, 0).numpy()))
         names.append(stem)
     return names
@@ -59,7 +68,7 @@ def write_page(out: Path, names: list[str], model_ref: str, summary) -> Path:
 
     rows = []
     for stem in names:
-        clean_path, lq_path = out / "clean" / f"{stem}.crop.png", out / "degraded" / f"{stem}.png"
+        clean_path, lq_path = out / "clean" / f"{stem}.png", out / "degraded" / f"{stem}.png"
         outputs = {"restored": out / "restored" / "_intermediate" / "restored" / f"{stem}.png",
                    "synthesized": out / "restored" / "_intermediate" / "synthesized" / f"{stem}.png",
                    "fused": out / "restored" / f"{stem}.png"}
@@ -83,6 +92,27 @@ photo. Columns: degraded input | restored (regression) | synthesized (generative
     return page
 
 
+def write_figure(out: Path, stem: str, crop: int = 224) -> Path:
+    """One strip for the README: degraded | restored | fused | clean, the same centre crop of each."""
+    from PIL import Image, ImageDraw
+
+    panels = [("degraded", out / "degraded" / f"{stem}.png"),
+              ("restored", out / "restored" / "_intermediate" / "restored" / f"{stem}.png"),
+              ("fused", out / "restored" / f"{stem}.png"), ("ground truth", out / "clean" / f"{stem}.png")]
+    clean = Image.open(panels[-1][1]).convert("RGB")
+    side = min(crop, *clean.size)
+    left, top = (clean.width - side) // 2, (clean.height - side) // 2
+    strip = Image.new("RGB", (len(panels) * (side + 4) - 4, side + 18), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (label, path) in enumerate(panels):
+        image = Image.open(path).convert("RGB").resize(clean.size, Image.BICUBIC)  # SR inputs are smaller
+        strip.paste(image.crop((left, top, left + side, top + side)), (i * (side + 4), 18))
+        draw.text((i * (side + 4) + 4, 3), label, fill="black")
+    path = out / "figure.png"
+    strip.save(path)
+    return path
+
+
 def run_cli(args) -> int:
     from pipelines.restore import RestoreConfig, run
 
@@ -92,6 +122,8 @@ def run_cli(args) -> int:
     summary = run(RestoreConfig(input=str(out / "degraded"), output=str(out / "restored"), model=model,
                                 fit=args.fit, save_intermediate=True, overwrite=True))
     page = write_page(out, names, model, summary)
+    if summary.errors == 0 and names:
+        write_figure(out, names[0])
     print(json.dumps({"restored": summary.ok, "errors": summary.errors, "page": str(page)}))
     print(f"open {page} to see the inputs beside the outputs")
     return 0 if summary.errors == 0 else 1

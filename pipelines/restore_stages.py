@@ -350,7 +350,8 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
         alpha = np.asarray(batch["alpha"][index])
         encoded = {}
         for location, column in files.items():
-            image = assemble(torch.from_numpy(np.ascontiguousarray(batch[column][index])), plan)[0]
+            # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
+            image = assemble(torch.from_numpy(np.array(batch[column][index])), plan)[0]
             rgb = image.permute(1, 2, 0).numpy()
             if alpha.size and alpha.shape != rgb.shape[:2]:
                 alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])
