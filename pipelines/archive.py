@@ -28,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import storage
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, load_config_file
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
@@ -282,8 +282,7 @@ def add_parsers(sub) -> None:
 
 
 def config_from_args(args) -> ArchiveConfig:
-    values = load_config_file(args.config) if args.config else {}
-    values = dict(values.get("archive", values)) if isinstance(values.get("archive"), dict) else dict(values)
+    values = _load_file(args.config) if args.config else {}
     for f in fields(ArchiveConfig):
         value = getattr(args, f.name, None)
         if value is not None and f.name != "restore":
@@ -296,6 +295,20 @@ def config_from_args(args) -> ArchiveConfig:
             restore_values[name] = value
     values["restore"] = restore_values
     return ArchiveConfig.from_mapping(values).validate()
+
+
+def _load_file(path: str) -> dict:
+    """A YAML/JSON mapping of ArchiveConfig fields (restore's loader would pick out `restore:` alone)."""
+    import yaml  # JSON is YAML too
+
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError("config", f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of field names to values")
+    return dict(data["archive"]) if isinstance(data.get("archive"), dict) else data
 
 
 def handle(args) -> int:
