@@ -45,7 +45,7 @@ STATE_SCHEMA = pa.schema([
     ("processed_at", pa.timestamp("ms", tz="UTC")),
 ])
 CHANGES_SCHEMA = pa.schema([("action", pa.string()), *STATE_SCHEMA])  # action: new|changed|model|retry|deleted
-STATE_BATCH_ROWS = 65_536  # rows per parquet row group and per read batch: the unit of memory
+STATE_BATCH_ROWS = 16_384  # rows per row group and per read batch: the unit of memory (~1 KiB a row as dicts)
 
 
 class LeaseHeld(RuntimeError):
