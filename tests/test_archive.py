@@ -256,6 +256,16 @@ def test_a_run_that_loses_its_lease_never_commits(tmp_path, ray_session):
     assert {row["status"] for row in restore_rows(retry.run_id, dest)} == {"skipped"}  # nothing redone
     check_history_agrees(store, dest)
 
+    # A new model leaves finished objects alone unless asked to redo them.
+    other = "preset:tiny_denoise@1"  # other weights, so another model version
+    assert run(config(**local, model=other)).committed is False
+    redo = run(config(**local, model=other, reprocess_on_model_change=True))
+    assert (redo.committed, redo.reprocess, redo.ok, redo.reused) == (True, 3, 3, 0)
+    assert {row["status"] for row in restore_rows(redo.run_id, dest)} == {"ok"}
+    versions = {row["model_version"] for row in committed_state(store).values()}
+    assert len(versions) == 1 and versions != {row["model_version"] for row in restore_rows(retry.run_id, dest)}
+    check_history_agrees(store, dest)
+
 
 # ---------------------------------------------------------------- CLI processes: crashes and overlap
 
