@@ -316,7 +316,7 @@ def test_crashes_while_processing_and_before_commit_lose_and_repeat_nothing(s3_b
     before the commit; run C commits. Each a separate process, as a scheduler starts them."""
     client = s3_buckets.client()
     store = state_store()
-    count = 12
+    count = 8
     for index in range(count):
         put(client, f"k/{index:02d}.jpg", seed=index, size=(96, 80))
     ray_tmp = short_temp_dir("uga-")

@@ -167,12 +167,7 @@ def up(args) -> int:
              "--port", str(ports["mlflow_port"]), "--workers", "1", "--allowed-hosts", "localhost:*,127.0.0.1:*"],
             workdir / "mlflow.log", mlflow_env)
         state["processes"].append({"pid": mlflow.pid, "cmdline": None, "name": "mlflow", "group": True})
-        save()
-        wait_until(lambda: http_ok(f"{mlflow_url}/health"), "MLflow server", 180, mlflow)
-        state["processes"][-1].update(record(mlflow.pid))
-        save()
-        log(f"MLflow server on {mlflow_url} (sqlite in {workdir}, artifacts in s3://{ARTIFACT_BUCKET}/artifacts)")
-
+        # Ray head next, while MLflow boots (each takes tens of seconds on a busy machine).
         # Ray puts unix sockets under its temp dir (paths must stay < 108 bytes): a short one in /tmp.
         ray_temp = tempfile.mkdtemp(prefix="ugl-", dir="/tmp")
         state["ray_temp_dir"] = ray_temp
@@ -181,6 +176,10 @@ def up(args) -> int:
         state["processes"].extend({**record(pid), "name": "ray"} for pid in ray_processes(ray_temp,
                                                                                          ports["ray_port"]))
         save()
+        wait_until(lambda: http_ok(f"{mlflow_url}/health"), "MLflow server", 180, mlflow)
+        state["processes"][1].update(record(mlflow.pid))  # serving: its command line is final now
+        save()
+        log(f"MLflow server on {mlflow_url} (sqlite in {workdir}, artifacts in s3://{ARTIFACT_BUCKET}/artifacts)")
         log(f"Ray head on 127.0.0.1:{ports['ray_port']}, dashboard and job server "
             f"http://127.0.0.1:{ports['dashboard_port']}")
     except Exception as err:
