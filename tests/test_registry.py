@@ -95,3 +95,16 @@ def test_promote_names_a_missing_metric(tracking, registered, capsys):
 def test_unknown_reference_scheme_is_a_clear_error():
     with pytest.raises(ValueError, match="no resolver for model reference scheme 'nope'"):
         ugpnet.load("nope:thing")
+
+
+def test_the_shipped_default_registers_and_loads_back_from_mlflow(tracking, monkeypatch, tmp_path):
+    from ugpnet.checkpoint import default_bundle
+
+    monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
+    assert cli_main(["models", "--tracking-uri", tracking, "register-bundle", str(default_bundle("denoise")),
+                     "--name", "ugpnet-default-denoise"]) == 0
+    loaded = ugpnet.load("models:/ugpnet-default-denoise@candidate")
+    shipped = ugpnet.load("default:denoise")
+    assert loaded.preset == shipped.preset
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key

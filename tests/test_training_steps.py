@@ -292,3 +292,34 @@ def test_batches_of_the_wrong_shape_are_refused():
         trainer.train_step(gt, gt)
     with pytest.raises(ValueError, match="got"):
         trainer.validate(lq, gt[:1])
+
+
+@pytest.mark.parametrize("preset", ["tiny_denoise", "tiny_hinet_denoise", "tiny_sr_x8"])
+def test_fusion_warm_start_reproduces_the_restoration_head(preset):
+    from ugpnet.training.initialisation import FUSION_INIT_SHIFT, init_fusion_from_restoration
+
+    model = ugpnet.build(preset, seed=3).eval()
+    init_fusion_from_restoration(model)
+    lq = torch.rand(2, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, _, fused = model(lq, return_all=True)
+        feature = model.resmodule(lq)[1]
+        head = model.resmodule.encoder.to_img.body[0] if hasattr(model.resmodule, "encoder") \
+            else model.resmodule.conv_last
+        expected = head(feature.clamp(min=-FUSION_INIT_SHIFT))
+    # exact away from the 1-pixel border, where zero padding sees 0 instead of the shift
+    torch.testing.assert_close(fused[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_trainer_warm_starts_at_its_first_step_only():
+    hp = default_hyperparams("tiny_denoise")
+    assert hp.fusion.init_from_restoration and not default_hyperparams("nafnet_denoise").fusion.init_from_restoration
+    model = ugpnet.build("tiny_denoise", seed=0)
+    before = {k: v.clone() for k, v in model.fusmodule.state_dict().items()}
+    trainer = StageTrainer(model, "fusion", hp)
+    assert all(torch.equal(v, model.fusmodule.state_dict()[k]) for k, v in before.items())  # not at build
+    trainer.train_step(*fixed_batch(model))
+    assert not torch.equal(before["conv.weight"], model.fusmodule.conv.weight)
+    with pytest.raises(ValueError, match="restoration.init_from_restoration"):
+        StageTrainer(ugpnet.build("tiny_denoise"), "restoration",
+                     replace(hp, restoration=replace(hp.restoration, init_from_restoration=True)))

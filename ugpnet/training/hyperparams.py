@@ -43,6 +43,7 @@ class StageHyperparams:
     contextual_weight: float = 0.0              # stage 3: weight of PatchContextual(I_F, I_G); needs vgg19
     contextual_patch_size: int = 128            # stage 3: pixels, side of the non-overlapping patches
     contextual_band_width: float = 0.5          # stage 3: h of the contextual loss
+    init_from_restoration: bool = False         # stage 3: start with I_F ≈ I_R (see training/initialisation)
     validation_interval: int = 2000             # iterations between validations (official save_interval)
     checkpoint_interval: int = 2000             # iterations between checkpoints
 
@@ -105,8 +106,9 @@ OFFICIAL = TrainHyperparams(
 
 def default_hyperparams(preset: Preset | str) -> TrainHyperparams:
     """Official §5 values for official presets; for small presets shorter stages, the same learning
-    rates and loss structure, perceptual/contextual weights 0, and contextual patches of side/4
-    (128 px at 512 px: 16 patches per image, as the official)."""
+    rates and loss structure, perceptual/contextual weights 0, contextual patches of side/4
+    (128 px at 512 px: 16 patches per image, as the official), and a fusion stage that starts from
+    I_F ≈ I_R (a short CPU run cannot learn to decode F_R from scratch)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if preset.official:
         return OFFICIAL
@@ -117,7 +119,7 @@ def default_hyperparams(preset: Preset | str) -> TrainHyperparams:
                           checkpoint_interval=400),
         fusion=replace(OFFICIAL.fusion, steps=2000, lr_milestones=(400,), perceptual_weight=0.0,
                        contextual_weight=0.0, contextual_patch_size=patch, validation_interval=200,
-                       checkpoint_interval=200),
+                       checkpoint_interval=200, init_from_restoration=True),
     )
 
 
@@ -155,6 +157,10 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
         fail("adversarial_weight", "must be 0: only the synthesis stage has a discriminator")
     if name in STAGES and name != "fusion" and hp.contextual_weight > 0:
         fail("contextual_weight", "must be 0: only the fusion stage has a contextual target")
+    if not isinstance(hp.init_from_restoration, bool):
+        fail("init_from_restoration", "must be true or false")
+    if name in STAGES and name != "fusion" and hp.init_from_restoration:
+        fail("init_from_restoration", "must be false: it initialises the fusion stage only")
     if preset is not None and hp.contextual_weight > 0 and preset.resolution % hp.contextual_patch_size:
         fail("contextual_patch_size", f"must divide the preset resolution {preset.resolution}")
 
