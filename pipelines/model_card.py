@@ -3,7 +3,7 @@ manifest, the final validation metrics of each stage (MLflow) and an evaluation 
 
     python -m pipelines.model_card --bundle ugpnet/defaults/denoise --config infra/configs/defaults/denoise.yaml \
         --data-manifest WORK/photos/manifest.json --tracking-uri sqlite:///WORK/mlflow.db \
-        --evaluation WORK/eval/denoise/summary.json --train-seconds 1234
+        --evaluation WORK/eval/denoise/summary.json
 """
 
 import argparse
@@ -13,12 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from ugpnet.presets import get_preset
+
 STAGES = ("restoration", "synthesis", "fusion")
 OUTPUTS = ("input", "restored", "synthesized", "fused")
 
 
 def stage_metrics(tracking_uri: str, run_name: str) -> dict[str, dict[str, float]]:
-    """The last validation metrics logged by each stage's nested run `<run_name>/<stage>`."""
+    """The last validation metrics logged by each stage's latest nested run `<run_name>/<stage>`,
+    and its wall time in seconds as `seconds`."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -28,7 +31,9 @@ def stage_metrics(tracking_uri: str, run_name: str) -> dict[str, dict[str, float
             runs = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = '{run_name}/{stage}'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
             if runs:
+                info = runs[0].info
                 result[stage] = {k: v for k, v in runs[0].data.metrics.items() if k.startswith("val/")}
+                result[stage]["seconds"] = ((info.end_time or info.start_time) - info.start_time) / 1000
     return result
 
 
@@ -55,7 +60,7 @@ def comparison_lines(summary: dict) -> str:
 
 
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
-               train_seconds: int | None, limits: str) -> Path:
+               limits: str) -> Path:
     config = yaml.safe_load(config_path.read_text())
     bundle_config = json.loads((bundle / "ugpnet.json").read_text())
     manifest = json.loads(manifest_path.read_text())
@@ -63,10 +68,12 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
     test = [r for r in manifest if r["split"] == "test"]
     summary = json.loads(evaluation.read_text())
     stages = stage_metrics(tracking_uri, config["run_name"])
+    minutes = {stage: stages.get(stage, {}).get("seconds", 0) / 60 for stage in STAGES}
     hyper = config["hyperparams"]
     packages = Counter(f"{r['package']} {r['version']}" for r in train)
     licences = sorted({r["licence"].split(" (")[0] for r in train})
     size_mb = (bundle / "model.safetensors").stat().st_size / 1e6
+    resolution = get_preset(bundle_config["preset"]["name"]).resolution
     validation = "\n".join(
         f"| {stage} | " + " | ".join(f"{stages.get(stage, {}).get(f'val/{o}_psnr', float('nan')):.2f}"
                                      for o in OUTPUTS) + " |" for stage in STAGES)
@@ -74,15 +81,17 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
 
 Trained on a 2-core CPU machine (no GPU) by this project's own pipeline: `bash scripts/train_defaults.sh
 {config['task']}` (`ugpnet data prepare`, then `ugpnet train --config {config_path.as_posix()}`: Ray Train,
-tracked in MLflow){f', {train_seconds / 60:.0f} minutes in all' if train_seconds else ''}.
+tracked in MLflow): {sum(minutes.values()):.0f} minutes of training in all
+({', '.join(f'{stage} {m:.0f}' for stage, m in minutes.items())}; MLflow stage run times, 1 worker, 1 CPU,
+sharing the 2 cores with other work).
 Weights: `model.safetensors`, {size_mb:.1f} MB; `ugpnet.json` holds the preset and provenance.
 
 ## Data
 
 - Training: the `train` split of `ugpnet data prepare --sources installed,kodak,mate` — {len(train)} photos
-  ({', '.join(f'{n} from {p}' for p, n in sorted(packages.items()))}), random {bundle_config['preset'].get(
-      'resolution', '')} px crops with flips; licences: {'; '.join(licences)}. Sources, paths and the licence
-  of every image are in the data manifest (`manifest.json`).
+  ({', '.join(f'{n} from {p}' for p, n in sorted(packages.items()))}), random {resolution} px crops
+  with flips; licences: {'; '.join(licences)}. Sources, paths and the licence of every image are in
+  the data manifest (`ugpnet/defaults/data-manifest.json`, a copy of `manifest.json`).
 - One training photo is held out (by path hash) for validation during training.
 - Evaluation: the fixed `test` split ({len(test)} photos, never trained on): {', '.join(r['name'] for r in test)}.
 
@@ -137,13 +146,13 @@ def main() -> None:
     parser.add_argument("--data-manifest", type=Path, required=True)
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
-    parser.add_argument("--train-seconds", type=int)
+    parser.add_argument("--train-seconds", type=int, help=argparse.SUPPRESS)  # older scripts; MLflow has it
     parser.add_argument("--limits", default="Small and briefly trained: expect far weaker results than the "
                         "official models. The synthesized image of so short a GAN stage carries little real "
                         "detail; the fused output leans on the restored one.")
     args = parser.parse_args()
     print(write_card(args.bundle, args.config, args.data_manifest, args.tracking_uri, args.evaluation,
-                     args.train_seconds, args.limits))
+                     args.limits))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,5 @@ for task in ${TASKS[*]}; do
     --crop 256 --report "$WORK/eval/$task" 2>&1 | tee "$WORK/eval-$task.log" | grep -v "INFO\|WARN\|DEBUG" | tail -20
   .venv/bin/python -m pipelines.model_card --bundle "ugpnet/defaults/$task" \
     --config "infra/configs/defaults/$task.yaml" --data-manifest "$WORK/photos/manifest.json" \
-    --tracking-uri "sqlite:///$WORK/mlflow.db" --evaluation "$WORK/eval/$task/summary.json" \
-    --train-seconds "$seconds"
+    --tracking-uri "sqlite:///$WORK/mlflow.db" --evaluation "$WORK/eval/$task/summary.json"
 done

@@ -38,7 +38,10 @@ def test_demo_restores_the_sample_photos_with_the_default_model(tmp_path, capsys
     # every row: degraded PSNR first, then restored, synthesized, fused; the default model must help
     rows = re.findall(r"<tr>(.*?)</tr>", page)
     assert len(rows) == len(names)
+    gains = []
     for row in rows:
         degraded, restored, _synthesized, fused = [float(v) for v in re.findall(r"— ([\d.]+) dB", row)]
-        assert restored > degraded + 3 and fused > degraded + 2, row
+        assert restored > degraded + 2 and fused > degraded + 2, row
+        gains.append(fused - degraded)
+    assert sum(gains) / len(gains) > 4, gains     # σ = 25: measured 5.8 dB on average when shipped
     assert (out / "figure.png").stat().st_size > 10_000
