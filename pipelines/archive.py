@@ -28,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import storage
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
@@ -109,16 +109,7 @@ class ArchiveConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "ArchiveConfig":
-        known = {f.name for f in fields(cls)}
-        normalised = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
-            normalised[name] = value
-        for name in ("source", "dest", "state", "model"):
-            if name not in normalised:
-                raise ConfigError(name, "is required")
+        normalised = fields_from_mapping(cls, values, ("source", "dest", "state", "model"))
         if isinstance(normalised.get("extensions"), str | list | tuple):
             normalised["extensions"] = tuple(str(e) for e in (normalised["extensions"].split(",") if isinstance(
                 normalised["extensions"], str) else normalised["extensions"]))

@@ -25,7 +25,15 @@ from datetime import UTC, datetime
 
 from pipelines import storage
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, _choice, _extensions, _integer, _number
+from pipelines.restore import (
+    DEFAULT_EXTENSIONS,
+    ConfigError,
+    _choice,
+    _extensions,
+    _integer,
+    _number,
+    fields_from_mapping,
+)
 
 DEFAULT_STRENGTHS = {"denoise": (15.0, 25.0, 50.0), "deblur": (1.0, 2.0, 3.0), "sr": (float(SR_SCALE),)}
 STRENGTH_LABELS = {"denoise": "noise σ (0–255)", "deblur": "Gaussian blur σ (px)", "sr": "downscale factor"}
@@ -144,16 +152,7 @@ class EvaluateConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "EvaluateConfig":
-        known = {f.name for f in fields(cls)}
-        normalised = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
-            normalised[name] = value
-        for name in ("data", "task", "report"):
-            if name not in normalised:
-                raise ConfigError(name, "is required")
+        normalised = fields_from_mapping(cls, values, ("data", "task", "report"))
         return cls(**normalised)
 
     def public_dict(self) -> dict:

@@ -130,16 +130,7 @@ class RestoreConfig:
     @classmethod
     def from_mapping(cls, values: dict) -> "RestoreConfig":
         """From a config file's mapping; keys are field names (`-` or `_`), unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        normalised = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
-            normalised[name] = value
-        for name in ("input", "output"):
-            if name not in normalised:
-                raise ConfigError(name, "is required")
+        normalised = fields_from_mapping(cls, values, ("input", "output"))
         return cls(**normalised)
 
     def public_dict(self) -> dict:
@@ -147,6 +138,22 @@ class RestoreConfig:
         data = asdict(self)
         data["actors"], data["extensions"] = list(self.actors), list(self.extensions)
         return data
+
+
+def fields_from_mapping(cls, values: dict, required: tuple[str, ...]) -> dict:
+    """A config file's mapping as dataclass field values: keys may use `-` or `_`; unknown keys and
+    missing required ones are ConfigErrors naming the key."""
+    known = {f.name for f in fields(cls)}
+    normalised = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
+        normalised[name] = value
+    for name in required:
+        if name not in normalised:
+            raise ConfigError(name, "is required")
+    return normalised
 
 
 def _choice(name, value, choices):
