@@ -12,7 +12,15 @@ import torch
 from mlflow_service import mlflow_server
 from safetensors.torch import load_file
 from services import wait_for
-from train_helpers import kill_session, photo_folder, process_title, session_pids, start_cli, tail
+from train_helpers import (
+    kill_session,
+    photo_folder,
+    process_title,
+    session_pids,
+    start_cli,
+    tail,
+    while_running,
+)
 
 from pipelines.cli import main as cli_main
 
@@ -123,8 +131,8 @@ def test_killed_driver_resumes_stage_two_from_its_checkpoint(photos, tmp_path):
     first_log = tmp_path / "first.log"
     first = start_cli(args, env, first_log)
     checkpoints = storage / "resume-synthesis"
-    wait_for(lambda: len(list(checkpoints.glob("checkpoint_*"))) >= 2, timeout_s=900,
-             what="two stage-2 checkpoints")
+    wait_for(while_running(first, first_log, lambda: len(list(checkpoints.glob("checkpoint_*"))) >= 2),
+             timeout_s=900, what="two stage-2 checkpoints")
     kill_session(first)
     assert not (storage / "resume" / "bundles" / "synthesis" / "ugpnet.json").exists()
 
@@ -155,8 +163,8 @@ def test_killed_worker_is_replaced_and_the_stage_completes(photos, tmp_path):
                          "--storage", str(storage), "--workers", "2", "--cpus-per-worker", "0.5",
                          "--stage", "restoration", "--steps", "16", "--batch-size", "2", "--no-register",
                          *FAST_STAGES], env, log)
-    wait_for(lambda: list((storage / "failover-restoration").glob("checkpoint_*")), timeout_s=900,
-             what="a first checkpoint")
+    wait_for(while_running(process, log, lambda: list((storage / "failover-restoration").glob("checkpoint_*"))),
+             timeout_s=900, what="a first checkpoint")
     sid = os.getsid(process.pid)
     workers = wait_for(lambda: [p for p in session_pids(sid) if "RayTrainWorker" in process_title(p)],
                        timeout_s=60, what="a RayTrainWorker process")

@@ -64,3 +64,13 @@ def process_title(pid: int) -> str:
 
 def tail(log: Path | None, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log and log.exists() else ""
+
+
+def while_running(process: subprocess.Popen, log: Path, condition):
+    """`condition` for wait_for that fails at once, with the log's tail, if the CLI has already exited
+    (so a run that died at start-up is reported as such, not as a long timeout)."""
+    def check():
+        if process.poll() is not None:
+            raise AssertionError(f"ugpnet exited with {process.returncode} before the awaited state:\n{tail(log)}")
+        return condition()
+    return check
