@@ -21,6 +21,7 @@ from pipelines import storage
 from pipelines.photo_sources import SOURCES, Photo
 
 SPLITS = ("train", "val", "test")
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2   # defaults; the demo reads the same test split
 
 
 def split_of(name: str, val_fraction: float, test_fraction: float) -> str:
@@ -36,8 +37,8 @@ def reduce(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def prepare(dest: str, sources: list[str], max_side: int = 1024, val_fraction: float = 0.1,
-            test_fraction: float = 0.2, cache: Path | None = None) -> list[dict]:
+def prepare(dest: str, sources: list[str], max_side: int = 1024, val_fraction: float = VAL_FRACTION,
+            test_fraction: float = TEST_FRACTION, cache: Path | None = None) -> list[dict]:
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise ValueError(f"sources: unknown {', '.join(unknown)} (known: {', '.join(SOURCES)})")
@@ -77,8 +78,8 @@ def add_parsers(sub) -> None:
     parser.add_argument("--sources", default="installed",
                         help=f"comma-separated, from {', '.join(SOURCES)} (default: installed)")
     parser.add_argument("--max-side", type=int, default=1024, help="longest side of stored images (px)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     parser.add_argument("--cache", type=Path, default=None, help="where downloaded packages are kept")
     parser.set_defaults(handler=run_cli)
 

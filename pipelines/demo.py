@@ -24,11 +24,11 @@ def add_parsers(sub) -> None:
 def demo_photos(max_side: int = DEMO_MAX_SIDE):
     """The installed-package photos that fall in the fixed test split of `ugpnet data prepare`
     (so the shipped defaults never trained on them), reduced to `max_side`."""
-    from pipelines.data_prepare import reduce, split_of
+    from pipelines.data_prepare import TEST_FRACTION, VAL_FRACTION, reduce, split_of
     from pipelines.photo_sources import installed_photos
 
     return [(photo.name.replace("/", "_"), reduce(photo.image, max_side)) for photo in installed_photos()
-            if split_of(photo.name, 0.1, 0.2) == "test"]
+            if split_of(photo.name, VAL_FRACTION, TEST_FRACTION) == "test"]
 
 
 def prepare_inputs(out: Path, task: str) -> list[str]:

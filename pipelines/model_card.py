@@ -146,7 +146,6 @@ def main() -> None:
     parser.add_argument("--data-manifest", type=Path, required=True)
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
-    parser.add_argument("--train-seconds", type=int, help=argparse.SUPPRESS)  # older scripts; MLflow has it
     parser.add_argument("--limits", default="Small and briefly trained: expect far weaker results than the "
                         "official models. The synthesized image of so short a GAN stage carries little real "
                         "detail; the fused output leans on the restored one.")

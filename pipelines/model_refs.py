@@ -18,7 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_TASK = "denoise"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "ugpnet.json"
 HASH_CHUNK = 8 << 20
@@ -117,7 +116,7 @@ def _registry_bundle(ref: str) -> tuple[Path, str]:
 
 
 def _default_bundle(ref: str) -> Path:
-    from ugpnet.checkpoint import default_bundle
+    from ugpnet.checkpoint import DEFAULT_TASK, default_bundle
 
     try:
         return default_bundle(ref.partition(":")[2] or DEFAULT_TASK)

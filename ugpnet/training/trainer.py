@@ -75,8 +75,6 @@ class StageTrainer:
         self.contextual = (PatchContextualLoss(perceptual, hp.contextual_patch_size, hp.contextual_band_width)
                            .to(self.device) if hp.contextual_weight > 0 else None)
 
-        # Applied at the first step, not here: a trainer built to resume must keep the weights it loads.
-        self.pending_fusion_init = stage == "fusion" and hp.init_from_restoration
         self.model = model.to(self.device)
         self.trained_module: nn.Module = getattr(model, STAGE_MODULES[stage])
         trainable = prepare_for_stage(model, stage)
@@ -101,9 +99,9 @@ class StageTrainer:
         """One iteration on a batch: lq (B,3,s,s), gt (B,3,S,S) in [0,1] → loss terms as floats."""
         self._check_batch(lq, gt)
         lq, gt = lq.to(self.device), gt.to(self.device)
-        if self.pending_fusion_init and self.step == 0:
+        # At the first step, not at construction: a trainer built to resume must keep the weights it loads.
+        if self.stage == "fusion" and self.hp.init_from_restoration and self.step == 0:
             init_fusion_from_restoration(self.model)  # in place: DDP and the optimiser keep their tensors
-        self.pending_fusion_init = False
         self.model.eval()               # frozen modules stay in eval, whatever the caller did
         self.trained_module.train()
         lr = self.optimizer.param_groups[0]["lr"]
