@@ -115,3 +115,15 @@ def test_config_round_trips_through_a_dict():
         assert Degradation.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown degradation"):
         get_degradation("nope")
+
+
+def test_deblur_gaussian_draws_no_motion_kernels():
+    """Gaussian kernels are point-symmetric; camera-shake trajectories almost never are."""
+    def symmetric(kernel):
+        return np.allclose(kernel, kernel[::-1, ::-1], atol=1e-9)
+
+    rng = np.random.default_rng(0)
+    gaussian = [random_blur_kernel(NAMED_DEGRADATIONS["deblur_gaussian"].blur, rng) for _ in range(60)]
+    default = [random_blur_kernel(NAMED_DEGRADATIONS["deblur"].blur, rng) for _ in range(60)]
+    assert all(symmetric(k) for k in gaussian)
+    assert not all(symmetric(k) for k in default)

@@ -323,3 +323,69 @@ def test_fusion_trainer_warm_starts_at_its_first_step_only():
     with pytest.raises(ValueError, match="restoration.init_from_restoration"):
         StageTrainer(ugpnet.build("tiny_denoise"), "restoration",
                      replace(hp, restoration=replace(hp.restoration, init_from_restoration=True)))
+
+
+@pytest.mark.parametrize("preset", ["tiny_denoise", "tiny_deblur"])
+def test_restoration_warm_start_reproduces_the_input_exactly(preset):
+    from ugpnet.training.initialisation import init_restoration_identity
+
+    model = ugpnet.build(preset, seed=3).eval()
+    lq = torch.rand(2, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model.resmodule(lq)[0]
+        init_restoration_identity(model)
+        restored, feature = model.resmodule(lq)
+    assert not torch.allclose(before, lq, atol=0.05)          # a fresh net is far from the identity
+    torch.testing.assert_close(restored, lq, atol=1e-6, rtol=0)
+    assert feature[:, 3:].abs().sum() > 0                      # the other channels keep their features
+
+
+def test_sr_warm_start_is_nearest_x4_then_bilinear_x2():
+    from ugpnet.training.initialisation import init_restoration_identity
+
+    model = ugpnet.build("tiny_sr_x8", seed=3).eval()
+    init_restoration_identity(model)
+    lq = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        restored = model.resmodule(lq)[0]
+    nearest = torch.nn.functional.interpolate(lq, scale_factor=4, mode="nearest")
+    expected = torch.nn.functional.interpolate(nearest, scale_factor=2, mode="bilinear", align_corners=False)
+    # exact inside; the outermost pixel differs (zero padding where bilinear repeats the edge)
+    torch.testing.assert_close(restored[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=0)
+
+
+def test_restoration_warm_start_refuses_what_it_cannot_do():
+    from ugpnet.training.initialisation import init_restoration_identity
+
+    with pytest.raises(ValueError, match="tiny_hinet_denoise|hinet"):
+        init_restoration_identity(ugpnet.build("tiny_hinet_denoise", seed=0))
+    trained = ugpnet.build("tiny_denoise", seed=0)
+    with torch.no_grad():
+        trained.resmodule.regression.decoders[0][0].gamma.fill_(0.1)
+    with pytest.raises(ValueError, match="fresh NAFNet"):
+        init_restoration_identity(trained)
+    hp = default_hyperparams("tiny_denoise")
+    with pytest.raises(ValueError, match="fusion.init_identity"):
+        StageTrainer(ugpnet.build("tiny_denoise"), "fusion", replace(hp.fusion, init_identity=True))
+
+
+def test_restoration_trainer_warm_starts_at_its_first_step_with_a_warm_up():
+    """The warm start happens at the first step (a resumed trainer keeps its weights), and the lr
+    warm-up keeps that first step small: without it Adam's first step moves every weight by about lr
+    and the restored image falls far from the input."""
+    from ugpnet.training.trainer import lr_factor
+
+    model_lq = fixed_batch(ugpnet.build("tiny_deblur", seed=0))
+    results = {}
+    for warmup in (0, 50):
+        model = ugpnet.build("tiny_deblur", seed=0)
+        hp = replace(default_hyperparams("tiny_deblur").restoration, lr=5e-4, init_identity=True,
+                     warmup_steps=warmup)
+        trainer = StageTrainer(model, "restoration", hp)
+        trainer.train_step(*model_lq)
+        with torch.no_grad():
+            restored = model.resmodule(model_lq[0])[0]
+        results[warmup] = (restored - model_lq[0]).abs().mean().item()
+    assert results[50] < 0.01 < results[0], results
+    factor = lr_factor(replace(hp, warmup_steps=4, lr_milestones=(6, 8), lr_gamma=0.5))
+    assert [factor(s) for s in range(10)] == [0.25, 0.5, 0.75, 1, 1, 1, 0.5, 0.5, 0.25, 0.25]

@@ -82,6 +82,8 @@ NAMED_DEGRADATIONS: dict[str, Degradation] = {
     "deblur_gaussian_sigma2": Degradation(blur=BlurConfig(kinds=("isotropic",), kernel_size=(13, 13),
                                                           sigma=(2.0, 2.0))),
     "sr_bicubic_x8": Degradation(downscale=8),
+    # Defocus-like blur only (no motion kernels): what `ugpnet evaluate --task deblur` measures.
+    "deblur_gaussian": Degradation(blur=BlurConfig(kinds=("isotropic", "anisotropic"))),
 }
 
 

@@ -16,7 +16,7 @@ from ugpnet.vgg import PerceptualWeights
 PIXEL_LOSSES = ("psnr", "l1")
 DEFAULT_SEED = 777  # the official scripts' seed
 DISCRIMINATOR_RANGES = ("[0,1]", "[-1,1]")
-INTEGER_FIELDS = ("steps", "batch_size", "r1_interval", "contextual_patch_size", "validation_interval",
+INTEGER_FIELDS = ("steps", "batch_size", "warmup_steps", "r1_interval", "contextual_patch_size", "validation_interval",
                   "checkpoint_interval")
 NUMBER_FIELDS = ("lr", "lr_gamma", "pixel_weight", "perceptual_weight", "adversarial_weight", "discriminator_lr",
                  "r1_gamma", "contextual_weight", "contextual_band_width")
@@ -29,7 +29,8 @@ class StageHyperparams:
     lr: float = 1e-4                            # Adam learning rate of the trained module
     betas: tuple[float, float] = (0.9, 0.999)   # Adam betas (official: PyTorch defaults)
     lr_milestones: tuple[int, ...] = ()         # iterations at which MultiStepLR multiplies lr by lr_gamma
-    lr_gamma: float = 0.1                       # MultiStepLR factor
+    lr_gamma: float = 0.1                       # lr factor at each milestone (as MultiStepLR)
+    warmup_steps: int = 0                       # iterations of linear lr warm-up from lr/warmup_steps
     pixel_loss: str = "psnr"                    # stage 1 only: "psnr" (PSNRLoss) or "l1"
     pixel_weight: float = 1.0                   # weight of L1 (stages 2, 3) / of the stage-1 loss
     perceptual_weight: float = 0.0              # weight of LPIPS(output, GT); > 0 needs vgg16 + lpips_heads
@@ -44,6 +45,7 @@ class StageHyperparams:
     contextual_patch_size: int = 128            # stage 3: pixels, side of the non-overlapping patches
     contextual_band_width: float = 0.5          # stage 3: h of the contextual loss
     init_from_restoration: bool = False         # stage 3: start with I_F ≈ I_R (see training/initialisation)
+    init_identity: bool = False                 # stage 1: start with I_R ≈ LQ (upscaled for ×8; ibid.)
     validation_interval: int = 2000             # iterations between validations (official save_interval)
     checkpoint_interval: int = 2000             # iterations between checkpoints
 
@@ -138,6 +140,8 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
                      "contextual_band_width", "validation_interval", "checkpoint_interval"):
         if not getattr(hp, positive) > 0:
             fail(positive, "must be > 0")
+    if hp.warmup_steps < 0:
+        fail("warmup_steps", "must be ≥ 0")
     for weight in ("pixel_weight", "perceptual_weight", "adversarial_weight", "contextual_weight", "r1_gamma"):
         if getattr(hp, weight) < 0:
             fail(weight, "must be ≥ 0")
@@ -161,6 +165,10 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
         fail("init_from_restoration", "must be true or false")
     if name in STAGES and name != "fusion" and hp.init_from_restoration:
         fail("init_from_restoration", "must be false: it initialises the fusion stage only")
+    if not isinstance(hp.init_identity, bool):
+        fail("init_identity", "must be true or false")
+    if name in STAGES and name != "restoration" and hp.init_identity:
+        fail("init_identity", "must be false: it initialises the restoration stage only")
     if preset is not None and hp.contextual_weight > 0 and preset.resolution % hp.contextual_patch_size:
         fail("contextual_patch_size", f"must divide the preset resolution {preset.resolution}")
 

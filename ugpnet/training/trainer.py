@@ -39,10 +39,19 @@ from ugpnet.training.hyperparams import (
     check_perceptual_weights,
     check_stage_hyperparams,
 )
-from ugpnet.training.initialisation import init_fusion_from_restoration
+from ugpnet.training.initialisation import init_fusion_from_restoration, init_restoration_identity
 from ugpnet.vgg import PerceptualWeights
 
 OUTPUTS = ("restored", "synthesized", "fused")
+
+
+def lr_factor(hp: StageHyperparams) -> Callable[[int], float]:
+    """Learning-rate multiplier at an iteration: a linear warm-up over `warmup_steps` (Adam's first,
+    sign-like steps would otherwise wreck a warm start), times `lr_gamma` per milestone passed."""
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / hp.warmup_steps) if hp.warmup_steps else 1.0
+        return warmup * hp.lr_gamma ** sum(step >= m for m in hp.lr_milestones)
+    return factor
 
 
 class StageTrainer:
@@ -80,7 +89,7 @@ class StageTrainer:
         trainable = prepare_for_stage(model, stage)
         self.trained = wrap(self.trained_module)
         self.optimizer = torch.optim.Adam(trainable, lr=hp.lr, betas=hp.betas)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(hp.lr_milestones), hp.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(hp))
 
         self.discriminator = self.wrapped_discriminator = self.discriminator_optimizer = None
         self.augmentation = None
@@ -102,6 +111,8 @@ class StageTrainer:
         # At the first step, not at construction: a trainer built to resume must keep the weights it loads.
         if self.stage == "fusion" and self.hp.init_from_restoration and self.step == 0:
             init_fusion_from_restoration(self.model)  # in place: DDP and the optimiser keep their tensors
+        if self.stage == "restoration" and self.hp.init_identity and self.step == 0:
+            init_restoration_identity(self.model)
         self.model.eval()               # frozen modules stay in eval, whatever the caller did
         self.trained_module.train()
         lr = self.optimizer.param_groups[0]["lr"]
