@@ -59,6 +59,20 @@ def comparison_lines(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def degradation_text(config: dict) -> str:
+    if config.get("degradation"):
+        return f"the named degradation `{config['degradation']}` (`NAMED_DEGRADATIONS`)"
+    return f"the task's default degradation (`DEFAULT_DEGRADATIONS['{config['task']}']`)"
+
+
+def warm_start(stage: dict) -> str:
+    if stage.get("init_identity"):
+        return "I_R = input (init_identity)"
+    if stage.get("init_from_restoration"):
+        return "I_F = I_R (init_from_restoration)"
+    return "previous stage"
+
+
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
                limits: str) -> Path:
     config = yaml.safe_load(config_path.read_text())
@@ -97,15 +111,16 @@ Weights: `model.safetensors`, {size_mb:.1f} MB; `ugpnet.json` holds the preset a
 
 ## Degradation
 
-Training: the task's default degradation (`ugpnet/degradations.py`, `DEFAULT_DEGRADATIONS['{config['task']}']`;
-see docs/degradations.md). Evaluation: `ugpnet evaluate --task {config['task']}` at the strengths below.
+Training: {degradation_text(config)} (`ugpnet/degradations.py`; see docs/degradations.md).
+Evaluation: `ugpnet evaluate --task {config['task']}` at the strengths below.
 
 ## Training
 
-| stage | steps | batch | lr | lr milestones |
-|---|---|---|---|---|
+| stage | steps | batch | lr | lr milestones | lr warm-up | starts from |
+|---|---|---|---|---|---|---|
 """ + "\n".join(f"| {s} | {hyper[s]['steps']} | {hyper[s]['batch_size']} | {hyper[s]['lr']} | "
-                f"{hyper[s].get('lr_milestones', [])} |" for s in STAGES) + f"""
+                f"{hyper[s].get('lr_milestones', [])} | {hyper[s].get('warmup_steps', 0)} | {warm_start(hyper[s])} |"
+                for s in STAGES) + f"""
 
 Perceptual (LPIPS) and contextual terms are 0: their VGG weights cannot be downloaded here. The official
 schedule is 20k / 40k / 40k steps at batch 8 on a GPU; this is a few hundred steps per stage.
