@@ -127,6 +127,8 @@ def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_
     import ray
 
     items = [{"uri": uris[i % len(uris)]} for i in range(max(samples_per_epoch, len(uris)))]
-    # Fractional CPUs: on a small node whole-CPU data tasks would starve beside the train workers.
-    return ray.data.from_items(items).random_shuffle().map(
+    # Fractional CPUs, the shuffle's too (Ray Data gives its tasks 1 CPU by default): on a small node
+    # whole-CPU data tasks starve beside the train workers. Measured: 2 workers × 0.75 CPU on a 2-CPU
+    # node left 0.5 CPU, so the shuffle never ran and stage 1 sat waiting for data.
+    return ray.data.from_items(items).random_shuffle(num_cpus=0.25).map(
         make_train_sample, fn_kwargs={"size": size, "degradation": degradation}, num_cpus=0.25)
