@@ -66,13 +66,15 @@ def stage_bundle(moto_s3, bucket, key, local):
 
 @pytest.mark.timeout(1500)
 def test_two_worker_training_tracks_registers_and_restores(photos, tracking, moto_s3, tmp_path):
+    # 2 × 0.75 CPU leaves 0.5 of a 2-CPU machine to the data pipeline: a shuffle asking for a whole
+    # CPU (Ray Data's default) would never run there and the stage would wait forever.
     upload_folder(moto_s3, photos, "train-data", "photos")
     moto_s3.client().create_bucket(Bucket="train-runs")
     env = {**moto_s3.env, "MLFLOW_TRACKING_URI": tracking, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     log = tmp_path / "train.log"
     process = start_cli(["train", "--preset", "tiny_denoise", "--data", "s3://train-data/photos",
                          "--run-name", "e2e", "--storage", "s3://train-runs/runs", "--workers", "2",
-                         "--cpus-per-worker", "0.5", "--steps", "4,4,4", "--batch-size", "2",
+                         "--cpus-per-worker", "0.75", "--steps", "4,4,4", "--batch-size", "2",
                          "--register", "ugpnet-e2e", *FAST_STAGES], env, log)
     assert process.wait(timeout=1400) == 0, tail(log)
     output = log.read_text()
