@@ -61,8 +61,8 @@ def comparison_lines(summary: dict) -> str:
 
 def degradation_text(config: dict) -> str:
     if config.get("degradation"):
-        return f"the named degradation `{config['degradation']}` (`NAMED_DEGRADATIONS`)"
-    return f"the task's default degradation (`DEFAULT_DEGRADATIONS['{config['task']}']`)"
+        return f"the named degradation `NAMED_DEGRADATIONS['{config['degradation']}']`"
+    return f"the task's default degradation `DEFAULT_DEGRADATIONS['{config['task']}']`"
 
 
 def warm_start(stage: dict) -> str:
@@ -111,7 +111,7 @@ Weights: `model.safetensors`, {size_mb:.1f} MB; `ugpnet.json` holds the preset a
 
 ## Degradation
 
-Training: {degradation_text(config)} (`ugpnet/degradations.py`; see docs/degradations.md).
+Training: {degradation_text(config)}; see `ugpnet/degradations.py` and docs/degradations.md.
 Evaluation: `ugpnet evaluate --task {config['task']}` at the strengths below.
 
 ## Training
@@ -123,7 +123,7 @@ Evaluation: `ugpnet evaluate --task {config['task']}` at the strengths below.
                 for s in STAGES) + f"""
 
 Perceptual (LPIPS) and contextual terms are 0: their VGG weights cannot be downloaded here. The official
-schedule is 20k / 40k / 40k steps at batch 8 on a GPU; this is a few hundred steps per stage.
+schedule is 20k / 40k / 40k steps at batch 8 on a GPU; this one is {' / '.join(str(hyper[s]['steps']) for s in STAGES)}.
 
 Validation PSNR (dB) at the end of each stage (held-out crops, training degradation):
 
