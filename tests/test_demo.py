@@ -13,13 +13,8 @@ from ugpnet.checkpoint import default_bundle
 
 
 def test_shipped_defaults_load_through_the_library():
-    for task in ("denoise", "deblur", "sr"):
-        try:
-            bundle = default_bundle(task)
-        except FileNotFoundError:
-            if task == "denoise":
-                raise
-            continue                      # a task whose default is not shipped (named in the README)
+    for task in ("denoise", "deblur", "sr"):     # every task has a shipped default
+        bundle = default_bundle(task)
         model = ugpnet.load(f"default:{task}")
         assert model.preset.task == task and (bundle / "MODEL_CARD.md").is_file()
     assert ugpnet.load("default").preset.task == "denoise"

@@ -101,12 +101,7 @@ def test_unknown_reference_scheme_is_a_clear_error():
 def test_the_shipped_defaults_register_and_load_back_from_mlflow(task, tracking, monkeypatch, tmp_path):
     from ugpnet.checkpoint import default_bundle
 
-    try:
-        bundle = default_bundle(task)
-    except FileNotFoundError:
-        if task == "denoise":
-            raise
-        pytest.skip(f"no default:{task} is shipped (the README says why)")
+    bundle = default_bundle(task)
     monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
     assert cli_main(["models", "--tracking-uri", tracking, "register-bundle", str(bundle),
                      "--name", f"ugpnet-default-{task}"]) == 0

@@ -16,6 +16,7 @@ from ugpnet.vgg import PerceptualWeights
 PIXEL_LOSSES = ("psnr", "l1")
 DEFAULT_SEED = 777  # the official scripts' seed
 DISCRIMINATOR_RANGES = ("[0,1]", "[-1,1]")
+WARM_START_STAGES = {"init_identity": "restoration", "init_from_restoration": "fusion"}  # flag → its stage
 INTEGER_FIELDS = ("steps", "batch_size", "warmup_steps", "r1_interval", "contextual_patch_size", "validation_interval",
                   "checkpoint_interval")
 NUMBER_FIELDS = ("lr", "lr_gamma", "pixel_weight", "perceptual_weight", "adversarial_weight", "discriminator_lr",
@@ -28,7 +29,7 @@ class StageHyperparams:
     batch_size: int = 8                         # images per iteration per worker
     lr: float = 1e-4                            # Adam learning rate of the trained module
     betas: tuple[float, float] = (0.9, 0.999)   # Adam betas (official: PyTorch defaults)
-    lr_milestones: tuple[int, ...] = ()         # iterations at which MultiStepLR multiplies lr by lr_gamma
+    lr_milestones: tuple[int, ...] = ()         # iterations at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1                       # lr factor at each milestone (as MultiStepLR)
     warmup_steps: int = 0                       # iterations of linear lr warm-up from lr/warmup_steps
     pixel_loss: str = "psnr"                    # stage 1 only: "psnr" (PSNRLoss) or "l1"
@@ -140,9 +141,8 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
                      "contextual_band_width", "validation_interval", "checkpoint_interval"):
         if not getattr(hp, positive) > 0:
             fail(positive, "must be > 0")
-    if hp.warmup_steps < 0:
-        fail("warmup_steps", "must be ≥ 0")
-    for weight in ("pixel_weight", "perceptual_weight", "adversarial_weight", "contextual_weight", "r1_gamma"):
+    for weight in ("warmup_steps", "pixel_weight", "perceptual_weight", "adversarial_weight", "contextual_weight",
+                   "r1_gamma"):
         if getattr(hp, weight) < 0:
             fail(weight, "must be ≥ 0")
     if hp.pixel_loss not in PIXEL_LOSSES:
@@ -161,14 +161,11 @@ def check_stage_hyperparams(hp: StageHyperparams, name: str = "stage", preset: P
         fail("adversarial_weight", "must be 0: only the synthesis stage has a discriminator")
     if name in STAGES and name != "fusion" and hp.contextual_weight > 0:
         fail("contextual_weight", "must be 0: only the fusion stage has a contextual target")
-    if not isinstance(hp.init_from_restoration, bool):
-        fail("init_from_restoration", "must be true or false")
-    if name in STAGES and name != "fusion" and hp.init_from_restoration:
-        fail("init_from_restoration", "must be false: it initialises the fusion stage only")
-    if not isinstance(hp.init_identity, bool):
-        fail("init_identity", "must be true or false")
-    if name in STAGES and name != "restoration" and hp.init_identity:
-        fail("init_identity", "must be false: it initialises the restoration stage only")
+    for flag, stage in WARM_START_STAGES.items():
+        if not isinstance(getattr(hp, flag), bool):
+            fail(flag, "must be true or false")
+        if name in STAGES and name != stage and getattr(hp, flag):
+            fail(flag, f"must be false: it initialises the {stage} stage only")
     if preset is not None and hp.contextual_weight > 0 and preset.resolution % hp.contextual_patch_size:
         fail("contextual_patch_size", f"must divide the preset resolution {preset.resolution}")
 

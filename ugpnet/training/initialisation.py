@@ -83,29 +83,22 @@ def init_fusion_from_restoration(model: UGPNet) -> None:
 BILINEAR_AFTER_NEAREST = torch.tensor([0.25, 0.5, 0.25])
 
 
-def _pass_through(conv: nn.Conv2d, channels: int = 3, kernel: torch.Tensor | None = None) -> None:
-    """Rows 0..channels-1 of `conv` copy input channel i to output channel i (through `kernel`, a
-    centred 3×3 tap by default); the other rows keep their weights and carry on learning."""
-    conv.weight[:channels] = 0
-    if kernel is None:
-        kernel = torch.zeros(3, 3)
-        kernel[1, 1] = 1.0
-    for i in range(channels):
-        conv.weight[i, i] = kernel
-    if conv.bias is not None:
-        conv.bias[:channels] = 0
-
-
 def _zero_rows(conv: nn.Conv2d, rows: slice) -> None:
     conv.weight[rows] = 0
     if conv.bias is not None:
         conv.bias[rows] = 0
 
 
-def _read_only_first(conv: nn.Conv2d, channels: int = 3) -> None:
-    """The to-image conv reads input channels 0..channels-1 as they are and nothing else (bias 0)."""
-    conv.weight.zero_()
-    _pass_through(conv, channels)
+def _pass_through(conv: nn.Conv2d, channels: int = 3, kernel: torch.Tensor | None = None) -> None:
+    """Rows 0..channels-1 of `conv` copy input channel i to output channel i (through `kernel`, a
+    centred 3×3 tap by default) and read nothing else; the other rows keep their weights and carry on
+    learning. On a to-image conv (3 output rows) that is every row: it reads channels 0..2 alone."""
+    _zero_rows(conv, slice(0, channels))
+    if kernel is None:
+        kernel = torch.zeros(3, 3)
+        kernel[1, 1] = 1.0
+    for i in range(channels):
+        conv.weight[i, i] = kernel
 
 
 def _init_residual_identity(model: UGPNet) -> None:
@@ -123,7 +116,7 @@ def _init_residual_identity(model: UGPNet) -> None:
     for block in [encoder.input_encoder, *encoder.merge_decoder]:
         for conv in block.conv:
             _pass_through(conv)
-    _read_only_first(encoder.to_img.body[0])
+    _pass_through(encoder.to_img.body[0])
 
 
 def _init_direct_identity(model: UGPNet) -> None:
@@ -137,7 +130,7 @@ def _init_direct_identity(model: UGPNet) -> None:
         _pass_through(conv)
     _pass_through(net.conv_up3, kernel=torch.outer(BILINEAR_AFTER_NEAREST, BILINEAR_AFTER_NEAREST))
     _pass_through(net.conv_hr)
-    _read_only_first(net.conv_last)
+    _pass_through(net.conv_last)
 
 
 @torch.no_grad()
@@ -148,11 +141,11 @@ def init_restoration_identity(model: UGPNet) -> None:
     input and, on mild blur, ends worse than the input itself.
 
     Channels 0..2 of every layer on the path from the input to the image become a pass-through (a
-    centred tap; for SR's last ×2 a bilinear kernel after the nearest upsampling), the regression feature is zeroed on
-    those channels, and the to-image conv reads only them. Images are ≥ 0, so the LeakyReLUs pass
-    them unchanged: I_R = LQ exactly for the residual backbones (border included). The other channels keep their random
-    weights; the to-image conv's zeroed columns get gradients at the first step, and from then on the
-    whole network learns.
+    centred tap; for SR's last ×2 a bilinear kernel after the nearest upsampling), the regression
+    feature is zeroed on those channels, and the to-image conv reads only them. Images are ≥ 0, so
+    the LeakyReLUs pass them unchanged: I_R = LQ exactly for the residual backbones (border included).
+    The other channels keep their random weights; the to-image conv's zeroed columns get gradients at
+    the first step, and from then on the whole network learns.
     """
     if hasattr(model.resmodule, "encoder"):
         _init_residual_identity(model)
