@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from pipelines import archive, data_prepare, demo, evaluate, model_commands, registry_commands, restore, train
+from pipelines.redaction import redact
 
 VERB_MODULES = [model_commands, registry_commands, restore, archive, train, evaluate, demo, data_prepare]
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (CommandError, ValueError, FileNotFoundError) as exc:
-        print(f"ugpnet {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"ugpnet {args.verb}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 

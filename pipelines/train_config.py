@@ -78,6 +78,19 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("val_max_images and log_interval must be >= 1, max_failures >= 0")
     check_hyperparams(config.hyperparams, config.preset, tuple(config.stages))
     check_data_location(config.data)
+    if config.init_bundle:
+        check_bundle_location(config.init_bundle)
+
+
+def check_bundle_location(uri: str) -> None:
+    """`init_bundle` must be a usable path or s3:// URI (credentials in it are refused: they would
+    otherwise travel into params and logs before the bundle is first opened)."""
+    from pipelines import storage
+
+    try:
+        storage.resolve(uri)
+    except storage.StorageError as err:
+        raise ValueError(f"init_bundle: {err}") from err
 
 
 def check_data_location(uri: str) -> None:
