@@ -1,0 +1,94 @@
+"""Real S3 faults, injected by a proxy in front of the moto server (tests/fault_proxy.py): 500, 503,
+SlowDown, dropped and reset connections, lost answers. Restore (listing, reads, writes, markers,
+manifest, summary) runs through it on a real local Ray (issue 10 point 13)."""
+
+import json
+
+import pyarrow.dataset as pads
+import pytest
+from fault_proxy import FaultProxy
+from restore_samples import photo
+
+import ugpnet
+from pipelines import cli, storage
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+pytest_plugins = ["services"]
+
+IMAGES = 200
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return str(ugpnet.save(ugpnet.build("tiny_denoise", seed=0), tmp_path_factory.mktemp("bundle") / "tiny"))
+
+
+@pytest.fixture
+def proxy(s3_buckets, monkeypatch):
+    """The proxy in front of moto; this process's S3 endpoint (and so every Ray worker's) is the proxy."""
+    with FaultProxy(s3_buckets.endpoint) as running:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", running.endpoint)
+        yield running
+
+
+def direct(moto_s3) -> storage.StorageSpec:
+    """The moto server itself, bypassing the proxy: how the test checks what really got stored."""
+    return storage.StorageSpec("s3", endpoint_override=moto_s3.endpoint, region="us-east-1")
+
+
+def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def manifest_rows(uri: str, spec: storage.StorageSpec) -> list[dict]:
+    location = storage.resolve(uri, spec)
+    return pads.dataset(location.path, filesystem=location.filesystem, format="parquet").to_table().to_pylist()
+
+
+@pytest.mark.timeout(900)
+def test_restore_of_200_images_through_10_percent_transient_s3_faults(s3_buckets, proxy, bundle, capsys):
+    client = s3_buckets.client()  # straight to moto: the inputs are put there without faults
+    inputs = {f"s3://inputs/many/d{index % 5}/img{index:03d}.jpg" for index in range(IMAGES)}
+    for index, uri in enumerate(sorted(inputs)):
+        client.put_object(Bucket="inputs", Key=uri.removeprefix("s3://inputs/"), Body=photo(24, 24, seed=index))
+
+    proxy.fail_fraction(0.10, seed=10)
+    status = cli.main(["restore", "--input", "s3://inputs/many/", "--output", "s3://outputs/res/", "--model", bundle,
+                       "--batch-size", "8", "--run-id", "faults"])
+    out = capsys.readouterr().out
+    proxy.heal()
+
+    assert status == 0, out[-3000:]
+    assert f"restore faults: {IMAGES} ok, 0 error, 0 skipped of {IMAGES} inputs" in out
+    # Faults really happened, of every transient kind, on reads, writes and listings alike.
+    assert sum(proxy.injected.values()) >= 0.05 * proxy.requests and proxy.requests > 3 * IMAGES, proxy.injected
+    assert set(proxy.injected) == {"500", "503", "slowdown", "drop", "reset", "lost"}, proxy.injected
+    assert {method for method, _, fault in proxy.log if fault} >= {"GET", "PUT", "HEAD"}
+
+    rows = manifest_rows("s3://outputs/res/_ugpnet/manifest/faults", direct(s3_buckets))
+    assert len(rows) == IMAGES and {row["input_uri"] for row in rows} == inputs  # complete, no duplicates
+    assert [row for row in rows if row["status"] != "ok"] == []
+    outputs = {row["output_uri"] for row in rows}
+    stored = {f"s3://outputs/{key}" for key in s3_keys(client, "outputs", "res/") if "/_ugpnet/" not in key}
+    assert len(outputs) == IMAGES and stored == outputs
+    assert len(s3_keys(client, "outputs", "res/_ugpnet/done/")) == IMAGES
+    summary = json.loads(client.get_object(Bucket="outputs", Key="res/_ugpnet/runs/faults.json")["Body"].read())
+    assert (summary["ok"], summary["errors"], summary["exit_status"]) == (IMAGES, 0, 0)
+
+
+@pytest.mark.timeout(600)
+def test_restore_with_s3_refusing_everything_fails_clearly(s3_buckets, proxy, bundle, capsys):
+    client = s3_buckets.client()
+    for index in range(3):
+        client.put_object(Bucket="inputs", Key=f"few/img{index}.jpg", Body=photo(24, 24, seed=index))
+
+    proxy.refuse_everything()
+    status = cli.main(["restore", "--input", "s3://inputs/few/", "--output", "s3://outputs/res/", "--model", bundle,
+                       "--run-id", "refused"])
+    captured = capsys.readouterr()
+
+    assert status != 0
+    assert "cannot reach s3://outputs/res" in captured.err and "NETWORK_CONNECTION" in captured.err, captured.err
+    assert proxy.injected["refused"] >= 2  # retried before giving up
+    assert s3_keys(client, "outputs") == []  # nothing was written
