@@ -92,3 +92,48 @@ def test_restore_with_s3_refusing_everything_fails_clearly(s3_buckets, proxy, bu
     assert "cannot reach s3://outputs/res" in captured.err and "NETWORK_CONNECTION" in captured.err, captured.err
     assert proxy.injected["refused"] >= 2  # retried before giving up
     assert s3_keys(client, "outputs") == []  # nothing was written
+
+
+# ---------------------------------------------------------------- archive: listing, lease, commit
+
+def touches(*names: str):
+    """A matcher for requests whose path names one of the state store's files."""
+    return lambda method, path: any(name in path for name in names)
+
+
+@pytest.mark.timeout(900)
+def test_two_archive_runs_through_s3_faults_on_listing_lease_and_commit(s3_buckets, proxy):
+    from pipelines.archive import ArchiveConfig, run
+    from pipelines.archive_state import StateStore
+
+    client = s3_buckets.client()
+    for index in range(12):
+        client.put_object(Bucket="inputs", Key=f"archive/a/{index:02d}.jpg", Body=photo(24, 24, seed=index))
+    config = ArchiveConfig(source="s3://inputs/archive", dest="s3://outputs/restored", state="s3://outputs/state",
+                           model="preset:tiny_denoise")
+
+    # The first requests on the lease and on HEAD.json fail (one of them after taking effect), the
+    # rest of the traffic at 10 %: listing, restore, state files and the commit all see faults.
+    proxy.fail_fraction(0.10, seed=20)
+    proxy.fail_next(3, "lost", match=touches("lease.json", "HEAD.json"))
+    first = run(config)
+    for index in range(12, 16):
+        client.put_object(Bucket="inputs", Key=f"archive/b/{index:02d}.jpg", Body=photo(24, 24, seed=index))
+    proxy.fail_next(3, "slowdown", match=touches("lease.json", "HEAD.json", "commits/"))
+    second = run(config)
+    proxy.heal()
+
+    state_requests = [fault for _, path, fault in proxy.log if "lease.json" in path or "HEAD.json" in path]
+    assert state_requests.count("lost") >= 3 and state_requests.count("slowdown") >= 2, proxy.injected
+    assert sum(proxy.injected.values()) >= 10, proxy.injected
+    assert (first.committed, first.version, first.new, first.ok) == (True, 1, 12, 12)
+    assert (second.committed, second.version, second.new, second.unchanged, second.ok) == (True, 2, 4, 12, 4)
+    store = StateStore(storage.resolve("s3://outputs/state", direct(s3_buckets)))
+    assert store.head()["run_id"] == second.run_id and store.read_json("lease.json") is None
+    assert [record["run_id"] for record in store.committed_chain()] == [first.run_id, second.run_id]
+    committed = {row["key"]: row for row in store.iter_state(store.head())}
+    assert sorted(committed) == sorted([f"a/{i:02d}.jpg" for i in range(12)] + [f"b/{i:02d}.jpg" for i in
+                                                                                 range(12, 16)])
+    stored = {key for key in s3_keys(client, "outputs", "restored/") if "/_ugpnet/" not in key}
+    assert {row["output_uri"] for row in committed.values()} == {f"s3://outputs/{key}" for key in stored}
+    assert {row["status"] for row in committed.values()} == {"ok"}
