@@ -159,7 +159,8 @@ def _entry_location(manifest: storage.Location, uri: str, s3: storage.StorageSpe
         if "://" in uri or uri.startswith("/") or uri.startswith("file:"):
             location = storage.resolve(uri, s3)
         elif manifest.spec.scheme == "s3":  # relative to the manifest; S3 keys are joined, never normalised
-            location = storage.resolve(f"s3://{posixpath.dirname(manifest.path)}/{uri}", s3)
+            relative = uri[2:] if uri.startswith("./") else uri  # `./a.png` is a way of writing `a.png`
+            location = storage.resolve(f"s3://{posixpath.dirname(manifest.path)}/{relative}", s3)
         else:
             location = storage.Location(manifest.spec, posixpath.normpath(
                 posixpath.join(posixpath.dirname(manifest.path), uri)))

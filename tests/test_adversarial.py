@@ -339,6 +339,7 @@ S3_MANIFEST_ENTRIES = {  # an entry of s3://inputs/lists/m.txt → (its row's in
     "a/../b.png": ("a/../b.png", "name: s3 key 'lists/a/../b.png' has a '.' or '..' segment; S3 clients would "
                                  "read another object"),
     "ok.png": ("s3://inputs/lists/ok.png", ""),
+    "./sub/ok.png": ("s3://inputs/lists/sub/ok.png", ""),
 }
 
 
