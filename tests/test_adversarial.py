@@ -381,6 +381,17 @@ def test_a_manifest_output_key_that_would_need_rewriting_is_one_error_row(key, e
         ("error", error, ""), ("pending", "", "fine.png")]
 
 
+def test_the_archive_listing_reports_a_name_that_is_not_utf8_and_goes_on(tmp_path, capsys):
+    """Its key could not be stored in the state (parquet strings are UTF-8): said, skipped, never fatal."""
+    from pipelines.archive_listing import list_source
+
+    write(Path(os.fsdecode(os.fsencode(tmp_path) + b"/src/a\xff.png")), b"png")
+    write(tmp_path / "src" / "b.png", b"png")
+    keys = [entry.key for entry in list_source(storage.resolve(str(tmp_path / "src")), extensions=(".png",))]
+    assert keys == ["b.png"]
+    assert f"skipping '{tmp_path}/src/a\\\\xff.png': its name is not valid UTF-8" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- collisions across runs (engineer F) and
 # concurrent runs (engineer G): add their cases here, in the same shape (exact outcome per case).
 
