@@ -28,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import storage
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping, plain_name
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
@@ -37,7 +37,8 @@ CRASH_ENV = "UGPNET_ARCHIVE_CRASH_AT"  # test hook: os._exit() at this checkpoin
 CRASH_EXIT = 70
 CHECKPOINTS = ("planned", "invalidated", "processed", "before-commit", "after-commit")
 # Restore fields the archive decides itself; every other RestoreConfig field may be passed through.
-ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions")
+ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions", "allow_local_manifest_paths",
+                 "manifest_buckets")
 
 
 @dataclass
@@ -79,26 +80,29 @@ class ArchiveConfig:
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         locations = {name: storage.resolve(getattr(self, name)) for name in ("source", "dest", "state")}
         for a, b in (("source", "dest"), ("source", "state"), ("dest", "state")):
-            if locations[a].spec.scheme == locations[b].spec.scheme and locations[a].path == locations[b].path:
-                raise ConfigError(b, f"must differ from {a}")
-        if locations["dest"].contains(locations["source"]) or locations["state"].contains(locations["source"]):
-            raise ConfigError("source", "must not lie inside dest or state")
+            try:  # outputs or state files written into the source (or each other) would be lost or re-read
+                storage.disjoint_roots(locations[b], b, {a: locations[a]})
+            except storage.StorageError as err:
+                raise ConfigError(b, str(err)) from err
         if not isinstance(self.restore, dict):
             raise ConfigError("restore", "must be a mapping of restore fields")
         owned = sorted(set(self.restore) & set(ARCHIVE_OWNED))
         if owned:
             raise ConfigError(f"restore.{owned[0]}", "is set by the archive run itself")
         self.extensions = self.restore_config().extensions  # also fails now, named, on a bad restore field
-        if self.run_id is not None and (not isinstance(self.run_id, str) or "/" in self.run_id or not self.run_id
-                                        or storage.safe_relative_key(self.run_id) != self.run_id):
-            raise ConfigError("run_id", f"must be a plain name, got {self.run_id!r}")
+        if self.run_id is not None:
+            plain_name("run_id", self.run_id)
         return self
 
     def restore_config(self, plan_uri: str = "plan.parquet", run_id: str | None = None,
                        model: str | None = None) -> RestoreConfig:
         """The restore run that processes a plan: this run's id, the plan as its input manifest."""
+        source = storage.resolve(self.source)
+        # The plan, a manifest in the state store, names the source's objects: local files or another bucket.
         values = {**self.restore, "input": plan_uri, "output": self.dest, "model": model or self.model,
-                  "run_id": run_id, "extensions": self.extensions}
+                  "run_id": run_id, "extensions": self.extensions,
+                  "allow_local_manifest_paths": source.spec.scheme == "local",
+                  "manifest_buckets": (source.path.partition("/")[0],) if source.spec.scheme == "s3" else ()}
         try:
             return RestoreConfig.from_mapping(values).validate()
         except ConfigError as err:
@@ -110,9 +114,9 @@ class ArchiveConfig:
     @classmethod
     def from_mapping(cls, values: dict) -> "ArchiveConfig":
         normalised = fields_from_mapping(cls, values, ("source", "dest", "state", "model"))
-        if isinstance(normalised.get("extensions"), str | list | tuple):
-            normalised["extensions"] = tuple(str(e) for e in (normalised["extensions"].split(",") if isinstance(
-                normalised["extensions"], str) else normalised["extensions"]))
+        if isinstance(normalised.get("extensions"), str | list | tuple):  # element types: checked by validate
+            normalised["extensions"] = tuple(normalised["extensions"].split(",") if isinstance(
+                normalised["extensions"], str) else normalised["extensions"])
         return cls(**normalised)
 
 

@@ -68,6 +68,7 @@ class EvaluateConfig:
     images_per_block: int = 2                   # clean images per Ray Data block
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_pixels: int = 100_000_000               # larger clean images become error rows
+    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
 
     def validate(self) -> "EvaluateConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -101,6 +102,12 @@ class EvaluateConfig:
         _integer("images_per_block", self.images_per_block, minimum=1)
         self.extensions = _extensions(self.extensions)
         _integer("max_pixels", self.max_pixels, minimum=1)
+        if not isinstance(self.allow_local_manifest_paths, bool):
+            raise ConfigError("allow_local_manifest_paths", f"must be true or false, got "
+                                                            f"{self.allow_local_manifest_paths!r}")
+        for name in ("vgg16", "lpips_heads"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a file path, got {getattr(self, name)!r}")
         return self
 
     def _strengths(self) -> tuple[float, ...]:
@@ -186,13 +193,22 @@ class EvaluateSummary:
 def run(config: EvaluateConfig) -> EvaluateSummary:
     """Validate, plan on the driver, stream degrade → model → metrics through Ray Data, report."""
     from pipelines.model_refs import ModelRefError, resolve_model
-    from pipelines.restore_inputs import InputError, list_inputs
+    from pipelines.restore import refuse_entries_under
+    from pipelines.restore_inputs import InputError, ManifestPolicy, list_inputs
 
     started, started_at = time.perf_counter(), datetime.now(UTC)
     config.validate()
     run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     s3 = storage.s3_spec_from_env()
     report = _report_root(config.report, s3)
+    try:
+        source = storage.resolve(config.data, s3)
+    except storage.StorageError as err:
+        raise ConfigError("data", str(err)) from err
+    try:
+        storage.disjoint_roots(report, "report", {"data": source})
+    except storage.StorageError as err:
+        raise ConfigError("report", str(err)) from err
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
@@ -207,14 +223,16 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
     if "lpips" in config.metrics:
         _check_lpips_files(config)
     try:
-        source = storage.resolve(config.data, s3)
-        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=report)
+        items, kind = list_inputs(source, extensions=config.extensions, s3=s3, exclude=report,
+                                  policy=ManifestPolicy(allow_local_paths=config.allow_local_manifest_paths))
     except (InputError, OSError) as err:
         raise ConfigError("data", str(err)) from err
     if not items:
         raise ConfigError("data", f"no images ({', '.join(config.extensions)}) under {config.data}")
-    rows = [{"image": item.relative_key, "input_uri": item.input_uri, "status": "pending", "error": "",
-             "grid": index < config.grid_images} for index, item in enumerate(items)]
+    if kind == "manifest":
+        refuse_entries_under(report, "report", items, input_name="data")
+    rows = [{"image": item.relative_key, "input_uri": item.input_uri, "status": "error" if item.error else "pending",
+             "error": item.error, "grid": index < config.grid_images} for index, item in enumerate(items)]
 
     table = _execute(rows, config, model, report, s3, run_id)
     return _finish(table, config, model, report, run_id, len(rows), started, started_at)
@@ -353,6 +371,8 @@ def add_parsers(sub) -> None:
     arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")
+    arg("--allow-local-manifest-paths", action="store_true", default=None,
+        help="let a manifest read from S3 name local files (default: such entries are error rows)")
     parser.set_defaults(handler=handle)
 
 

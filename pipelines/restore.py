@@ -76,6 +76,8 @@ class RestoreConfig:
     max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
     rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * batch_size
     run_id: str | None = None                   # default: UTC time + random suffix
+    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
+    manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
 
     def validate(self) -> "RestoreConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -102,10 +104,11 @@ class RestoreConfig:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
         _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
         _integer("threads_per_actor", self.threads_per_actor, minimum=0)
-        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix:
+        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix \
+                or storage.unsafe_key_reason(self.suffix or "x"):
             raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
         _integer("quality", self.quality, minimum=1, maximum=100)
-        for name in ("save_intermediate", "overwrite"):
+        for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         _number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
@@ -115,10 +118,16 @@ class RestoreConfig:
         _integer("max_pixels", self.max_pixels, minimum=1)
         _integer("max_output_pixels", self.max_output_pixels, minimum=1)
         _integer("rows_per_block", self.rows_per_block, minimum=0)
-        if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id
-                                        or storage.safe_relative_key(self.run_id) != self.run_id or "/" in self.run_id):
-            raise ConfigError("run_id", f"must be a plain name (no '/', '..' or control chars), got {self.run_id!r}")
+        if self.run_id is not None:
+            plain_name("run_id", self.run_id)
+        self.manifest_buckets = _bucket_names("manifest_buckets", self.manifest_buckets)
         return self
+
+    @property
+    def manifest_policy(self):
+        from pipelines.restore_inputs import ManifestPolicy
+
+        return ManifestPolicy(allow_local_paths=self.allow_local_manifest_paths, buckets=self.manifest_buckets)
 
     @property
     def pool_sizes(self) -> dict[str, int]:
@@ -137,6 +146,7 @@ class RestoreConfig:
         """The config as recorded in run summaries (it holds no secrets: those stay in the environment)."""
         data = asdict(self)
         data["actors"], data["extensions"] = list(self.actors), list(self.extensions)
+        data["manifest_buckets"] = list(self.manifest_buckets)
         return data
 
 
@@ -179,19 +189,58 @@ def _number(name, value, minimum=None, maximum=None, exclusive=False):
 
 
 def _int_tuple(name, value) -> tuple[int, ...]:
-    parts = str(value).split(",") if isinstance(value, str | int) else list(value)
-    try:
-        return tuple(int(str(part).strip()) for part in parts)
-    except ValueError:
-        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}") from None
+    """`2`, `"1,2,3"` or `[1, 2, 3]`; anything else (1.5, null, true, "2.5") is refused, naming the field."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = None
+    if not parts or not all(_is_plain_int(part) for part in parts):
+        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}")
+    return tuple(int(str(part).strip()) for part in parts)
+
+
+def _is_plain_int(part) -> bool:
+    if isinstance(part, bool):
+        return False
+    return isinstance(part, int) or isinstance(part, str) and part.strip().isdigit()
 
 
 def _extensions(value) -> tuple[str, ...]:
-    parts = str(value).split(",") if isinstance(value, str) else list(value)
-    cleaned = tuple("." + str(p).strip().lower().lstrip(".") for p in parts if str(p).strip())
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise ConfigError("extensions", f"must be comma-separated file endings or a list of them, got {value!r}")
+    cleaned = tuple("." + p.strip().lower().lstrip(".") for p in parts if p.strip())
     if not cleaned:
         raise ConfigError("extensions", "needs at least one file ending, e.g. jpg,png")
     return cleaned
+
+
+def _bucket_names(name, value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(name, f"must be comma-separated bucket names, got {value!r}")
+    names = tuple(v.strip() for v in value)
+    bad = [v for v in names if "/" in v or ":" in v or "@" in v]
+    if bad:
+        raise ConfigError(name, f"must be bare bucket names (no s3://, '/' or credentials), got {bad[0]!r}")
+    return names
+
+
+def plain_name(name: str, value) -> str:
+    """A run id: one path segment, so it can name a folder under any root."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
+            or len(value) > 200 or storage.unsafe_key_reason(value):
+        raise ConfigError(name, f"must be a plain name (no '/', '\\', '.', '..' or control characters), "
+                                f"got {value!r}")
+    return value
 
 
 @dataclass
@@ -235,17 +284,22 @@ def run(config: RestoreConfig) -> RunSummary:
     s3 = storage.s3_spec_from_env()
     source = _location("input", config.input, s3)
     output = _location("output", config.output, s3)
-    if source.spec == output.spec and source.path == output.path:
-        raise ConfigError("output", "must differ from the input (outputs would overwrite inputs)")
+    try:
+        storage.disjoint_roots(output, "output", {"input": source})
+    except storage.StorageError as err:
+        raise ConfigError("output", str(err)) from err
     _check_output_root(output)
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
         raise ConfigError("model", str(err)) from err
     try:
-        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=output)
+        items, kind = list_inputs(source, extensions=config.extensions, s3=s3, exclude=output,
+                                  policy=config.manifest_policy)
     except (InputError, OSError) as err:
         raise ConfigError("input", str(err)) from err
+    if kind == "manifest":
+        refuse_entries_under(output, "output", items)
     rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
                      model_version=model.model_version, overwrite=config.overwrite)
 
@@ -287,6 +341,17 @@ def _location(name: str, uri: str, s3: storage.StorageSpec) -> storage.Location:
         return storage.resolve(uri, s3)
     except storage.StorageError as err:
         raise ConfigError(name, str(err)) from err
+
+
+def refuse_entries_under(output: storage.Location, output_name: str, items, input_name: str = "input") -> None:
+    """A manifest entry inside the output root could be overwritten by an output: refuse the run."""
+    for number, item in enumerate(items, start=1):
+        if item.error:
+            continue
+        try:
+            storage.disjoint_roots(output, output_name, {f"manifest entry {number}": storage.resolve(item.input_uri)})
+        except storage.StorageError as err:
+            raise ConfigError(input_name, str(err)) from err
 
 
 def _check_output_root(output: storage.Location) -> None:
@@ -425,6 +490,9 @@ def add_parsers(sub) -> None:
     arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
     arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x batch size)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
+    arg("--allow-local-manifest-paths", action="store_true", default=None,
+        help="let a manifest read from S3 name local files (default: such entries are error rows)")
+    arg("--manifest-buckets", help="comma-separated buckets a manifest on S3 may name besides its own")
     parser.set_defaults(handler=handle)
 
 

@@ -11,6 +11,7 @@ what finished, and outputs made by another model version are redone (and their m
 import csv
 import io
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -31,46 +32,107 @@ class InputError(ValueError):
 class InputItem:
     input_uri: str
     relative_key: str  # as listed or given (not yet made safe)
+    error: str = ""    # set when the input is unusable as named: it becomes one error row, never read
+
+
+@dataclass(frozen=True)
+class ManifestPolicy:
+    """What a manifest read from S3 may name. By default only objects in its own bucket: a manifest is
+    data, and letting it name local files would let whoever writes it make workers read them."""
+
+    allow_local_paths: bool = False      # --allow-local-manifest-paths
+    buckets: tuple[str, ...] = ()        # other buckets an S3 manifest may name
 
 
 def list_inputs(source: storage.Location, *, extensions: tuple[str, ...], s3: storage.StorageSpec,
-                exclude: storage.Location | None = None) -> tuple[list[InputItem], str]:
+                exclude: storage.Location | None = None,
+                policy: ManifestPolicy = ManifestPolicy()) -> tuple[list[InputItem], str]:
     """The inputs and what `source` was: 'directory', 'file' or 'manifest'."""
     info = storage.file_info(source)
     if info.type == storage.pafs.FileType.NotFound:
         raise InputError(f"{source.uri} does not exist")
     if info.type == storage.pafs.FileType.File:
         if source.path.lower().endswith(MANIFEST_EXTENSIONS):
-            return read_manifest(source, s3), "manifest"
+            return read_manifest(source, s3, policy), "manifest"
         return [InputItem(source.uri, posixpath.basename(source.path))], "file"
     wanted = tuple(ext.lower() for ext in extensions)
     items = []
-    for file in storage.list_files(source):
-        location = storage.Location(source.spec, file.path)
+    for path in _file_paths(source):
+        location = storage.Location(source.spec, path)
         if exclude is not None and exclude.contains(location):
             continue
-        if wanted and not file.path.lower().endswith(wanted):
+        if wanted and not path.lower().endswith(wanted):
             continue
-        items.append(InputItem(location.uri, storage.relative_to(source, file.path)))
+        items.append(_listed_item(source, location))
     return sorted(items, key=lambda item: item.input_uri), "directory"
 
 
-def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[InputItem]:
+def _file_paths(source: storage.Location) -> list[str]:
+    """Every file below a folder or prefix. Local folders are walked with os.walk, which keeps names
+    that are not UTF-8 (as surrogate escapes), where pyarrow's listing fails on the whole folder."""
+    if source.spec.scheme != "local":
+        return [file.path for file in storage.list_files(source)]
+    paths = []
+    for directory, _, names in os.walk(source.path):
+        paths.extend(os.path.join(directory, name) for name in names
+                     if os.path.isfile(os.path.join(directory, name)))
+    return paths
+
+
+def _listed_item(source: storage.Location, location: storage.Location) -> InputItem:
+    relative = storage.relative_to(source, location.path)
+    if not storage.is_utf8(location.path):
+        shown = storage.printable(location.uri)
+        return InputItem(shown, storage.printable(relative),
+                         f"name: the file name {storage.printable(relative)!r} is not valid UTF-8; rename it")
+    if location.spec.scheme == "s3":
+        key = location.path.partition("/")[2]
+        problem = storage.unsafe_key_reason(key)
+        if problem:
+            return InputItem(location.uri, relative, f"name: s3 key {key!r} {problem}: it cannot be read or "
+                                                     f"mirrored as itself")
+    return InputItem(location.uri, relative)
+
+
+def read_manifest(manifest: storage.Location, s3: storage.StorageSpec,
+                  policy: ManifestPolicy = ManifestPolicy()) -> list[InputItem]:
     """URIs from a .txt (one per line, `#` comments), .csv (a uri/path column, optional key column)
-    or .parquet file. Relative entries are relative to the manifest's own directory."""
-    data = storage.read_bytes(manifest)
+    or .parquet file. Relative entries are relative to the manifest's own directory. An entry that
+    cannot be used (an unsafe key, a place the policy forbids) becomes an item with an error."""
+    uris, keys = _manifest_entries(manifest, storage.read_bytes(manifest))
+    entries = [(uri, key) for uri, key in zip(uris, keys, strict=True) if uri]
+    if not entries:
+        raise InputError(f"the manifest {manifest.uri} lists no inputs")
+    located = [(_entry_location(manifest, uri, s3, policy), uri, key) for uri, key in entries]
+    root = _common_directory([location for location, _, _ in located if isinstance(location, storage.Location)])
+    items = []
+    for location, uri, key in located:
+        if not isinstance(location, storage.Location):  # the reason it cannot be used
+            items.append(InputItem(storage.printable(uri), "", location))
+            continue
+        relative = key if key not in (None, "") else _scheme_free(location)[len(root):].lstrip("/")
+        items.append(InputItem(location.uri, str(relative)))
+    return items
+
+
+def _manifest_entries(manifest: storage.Location, data: bytes) -> tuple[list[str], list]:
     suffix = posixpath.splitext(manifest.path.lower())[1]
     try:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(io.BytesIO(data))
+            if not table.column_names:
+                raise InputError(f"the manifest {manifest.uri} has no columns (expected one of "
+                                 f"{', '.join(URI_COLUMNS)})")
             uri_column = _pick(table.column_names, URI_COLUMNS) or table.column_names[0]
             key_column = _pick(table.column_names, KEY_COLUMNS)
             uris = [str(v) if v is not None else "" for v in table.column(uri_column).to_pylist()]
             keys = table.column(key_column).to_pylist() if key_column else [None] * len(uris)
-        elif suffix == ".csv":
-            rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+            return uris, keys
+        text = data.decode("utf-8-sig")
+        if suffix == ".csv":
+            rows = list(csv.reader(io.StringIO(text)))
             header = [h.strip().lower() for h in rows[0]] if rows else []
             uri_index = _index(header, URI_COLUMNS)
             key_index = _index(header, KEY_COLUMNS)
@@ -78,28 +140,44 @@ def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[I
             uri_index = uri_index or 0
             uris = [row[uri_index].strip() if len(row) > uri_index else "" for row in body]
             keys = [row[key_index] if key_index is not None and len(row) > key_index else None for row in body]
+            return uris, keys
+        lines = [line.strip() for line in text.splitlines()]
+        uris = [line for line in lines if line and not line.startswith("#")]
+        return uris, [None] * len(uris)
+    except InputError:
+        raise
+    except UnicodeDecodeError as err:  # its message would quote the manifest's bytes
+        raise InputError(f"cannot read the manifest {manifest.uri}: not UTF-8 text (byte {err.start})") from None
+    except (csv.Error, ValueError, OSError) as err:  # csv.Error: a field over csv.field_size_limit(), ...
+        raise InputError(f"cannot read the manifest {manifest.uri}: {type(err).__name__}: {err}") from err
+
+
+def _entry_location(manifest: storage.Location, uri: str, s3: storage.StorageSpec,
+                    policy: ManifestPolicy) -> storage.Location | str:
+    """Where one manifest entry points, or why it may not be used (as an error text)."""
+    try:
+        if "://" in uri or uri.startswith("/") or uri.startswith("file:"):
+            location = storage.resolve(uri, s3)
+        elif manifest.spec.scheme == "s3":  # relative to the manifest; S3 keys are joined, never normalised
+            relative = uri[2:] if uri.startswith("./") else uri  # `./a.png` is a way of writing `a.png`
+            location = storage.resolve(f"s3://{posixpath.dirname(manifest.path)}/{relative}", s3)
         else:
-            lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
-            uris = [line for line in lines if line and not line.startswith("#")]
-            keys = [None] * len(uris)
-    except (UnicodeDecodeError, ValueError, OSError) as err:
-        raise InputError(f"cannot read the manifest {manifest.uri}: {err}") from err
-    entries = [(uri, key) for uri, key in zip(uris, keys, strict=True) if uri]
-    if not entries:
-        raise InputError(f"the manifest {manifest.uri} lists no inputs")
-    base = posixpath.dirname(manifest.path)
-    locations = []
-    for uri, _ in entries:
-        if "://" in uri or uri.startswith("/"):
-            locations.append(storage.resolve(uri, s3))
-        else:  # relative to the manifest, on the manifest's filesystem
-            locations.append(storage.Location(manifest.spec, posixpath.normpath(posixpath.join(base, uri))))
-    root = _common_directory(locations)
-    items = []
-    for location, (_, key) in zip(locations, entries, strict=True):
-        relative = key if key not in (None, "") else _scheme_free(location)[len(root):].lstrip("/")
-        items.append(InputItem(location.uri, str(relative)))
-    return items
+            location = storage.Location(manifest.spec, posixpath.normpath(
+                posixpath.join(posixpath.dirname(manifest.path), uri)))
+    except storage.StorageError as err:
+        return f"name: {err}"
+    if manifest.spec.scheme == "s3":
+        if location.spec.scheme != "s3" and not policy.allow_local_paths:
+            return ("manifest: a manifest on S3 may name only S3 objects, not local paths "
+                    "(pass --allow-local-manifest-paths to allow them)")
+        bucket = location.path.partition("/")[0]
+        own = manifest.path.partition("/")[0]
+        if location.spec.scheme == "s3" and bucket != own and bucket not in policy.buckets:
+            return (f"manifest: a manifest in bucket {own!r} may name only its own bucket's objects, not "
+                    f"bucket {bucket!r} (allow it with --manifest-buckets {bucket})")
+    if not storage.is_utf8(location.path):
+        return "name: the path is not valid UTF-8"
+    return location
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
@@ -158,6 +236,9 @@ def plan_rows(items: list[InputItem], *, output_root: storage.Location, ext: str
     for item in items:
         row = {"input_uri": item.input_uri, "output_rel": "", "status": PENDING, "error": "", "stale_markers": "[]"}
         rows.append(row)
+        if item.error:  # unusable as named (see list_inputs): never read, never written
+            row["status"], row["error"] = ERROR, item.error
+            continue
         try:
             key = output_key(item.relative_key, ext=ext, suffix=suffix)
         except storage.StorageError as err:
