@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -188,8 +189,10 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     if taken_over:
         print(f"ugpnet archive: took over an expired lease ({taken_over.get('owner')})", file=sys.stderr)
     # A lease lost mid-restore stops the restore at once (KeyboardInterrupt in this thread), not after
-    # the whole plan: another run may be working on the same objects by then.
-    lease.start_heartbeat(on_lost=_thread.interrupt_main)
+    # the whole plan: another run may be working on the same objects by then. (Called from another
+    # thread, the run stops at its next check instead.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    lease.start_heartbeat(on_lost=_thread.interrupt_main if in_main_thread else None)
     try:
         try:
             summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)

@@ -319,8 +319,9 @@ class Lease:
                 self.etag = conditional_writes.replace(self.location, self._record(), self.etag)
             except conditional_writes.PreconditionFailed as err:
                 now, snapshot = self.read()
-                raise LeaseLost(f"the lease on {self.store.root.uri} is no longer this run's ("
-                                f"{describe(now, snapshot.age_s) if now else 'it was removed'})") from err
+                self.lost = LeaseLost(f"the lease on {self.store.root.uri} is no longer this run's ("
+                                      f"{describe(now, snapshot.age_s) if now else 'it was removed'})")
+                raise self.lost from err
             self.deadline = sent + self.ttl_s
 
     def check(self) -> None:
@@ -363,8 +364,8 @@ class Lease:
         """One renewal attempt (lock held); returns the wait before the next one."""
         try:
             self.renew()
-        except LeaseLost as err:
-            self.lost = err
+        except LeaseLost:
+            pass  # renew() recorded it in self.lost
         except OSError as err:
             if storage.is_transient(err) and time.monotonic() < (self.deadline or 0.0):
                 return min(RETRY_BEAT_S, self.ttl_s / HEARTBEATS_PER_TTL)
