@@ -14,14 +14,16 @@ neither lost nor done twice. Deleted objects are recorded in the run's changes a
 state; their outputs are left in place.
 
 Exit status: 0 committed (or nothing to do); 3 committed but the restore error rate exceeded
---max-error-rate; 4 another run holds the lease (nothing done); 1 the run failed or lost its lease
-(nothing committed); 2 a bad configuration.
+--max-error-rate; 4 another run holds the lease (nothing done); 1 the run failed, lost its lease, or
+found lease.json or HEAD.json damaged (nothing committed); 2 a bad configuration.
 """
 
+import _thread
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -35,6 +37,7 @@ EXIT_ERROR_RATE = 3
 EXIT_LEASE_HELD = 4
 CRASH_ENV = "UGPNET_ARCHIVE_CRASH_AT"  # test hook: os._exit() at this checkpoint (see _checkpoint)
 CRASH_EXIT = 70
+BARRIER_ENV = "UGPNET_ARCHIVE_BARRIER"  # test hook: a FIFO to open (blocks) right before taking the lease
 CHECKPOINTS = ("planned", "invalidated", "processed", "before-commit", "after-commit")
 # Restore fields the archive decides itself; every other RestoreConfig field may be passed through.
 ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions", "allow_local_manifest_paths",
@@ -158,11 +161,20 @@ def _checkpoint(name: str, hook) -> None:
         hook(name)
 
 
+def _wait_at_barrier() -> None:
+    """For the concurrency tests: every run opening the same FIFO blocks until the test opens it for
+    writing, which releases them all at the same instant."""
+    fifo = os.environ.get(BARRIER_ENV)
+    if fifo:
+        with open(fifo, "rb") as released:
+            released.read()
+
+
 # ---------------------------------------------------------------- the run
 
 def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     """One scheduled run; `hook(checkpoint)` is called at each of CHECKPOINTS (tests)."""
-    from pipelines.archive_state import Lease, StateStore
+    from pipelines.archive_state import Lease, LeaseLost, StateStore
     from pipelines.model_refs import ModelRefError, resolve_model
 
     started = time.perf_counter()
@@ -176,15 +188,25 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
         raise ConfigError("model", str(err)) from err
     store = StateStore(state_root)
     lease = Lease(store, Lease.default_owner(run_id), config.lease_ttl_s)
+    _wait_at_barrier()
     taken_over = lease.acquire()  # LeaseHeld propagates: nothing has been touched
     if taken_over:
         print(f"ugpnet archive: took over an expired lease ({taken_over.get('owner')})", file=sys.stderr)
-    lease.start_heartbeat()
+    # A lease lost mid-restore stops the restore at once (KeyboardInterrupt in this thread), not after
+    # the whole plan: another run may be working on the same objects by then. (Called from another
+    # thread, the run stops at its next check instead.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    lease.start_heartbeat(on_lost=_thread.interrupt_main if in_main_thread else None)
     try:
-        summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)
-    finally:
-        lease.stop_heartbeat()
-        lease.release()
+        try:
+            summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)
+        finally:
+            lease.stop_heartbeat()  # no interrupt can be requested after this
+            lease.release()
+    except KeyboardInterrupt:
+        if lease.lost is None:
+            raise
+        raise LeaseLost(f"{lease.lost}; the run stopped early") from None
     summary.duration_s = round(time.perf_counter() - started, 3)
     print(summary.line(), flush=True)
     return summary
@@ -192,30 +214,31 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
 
 def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":
     from pipelines import archive_plan
-    from pipelines.archive_state import LeaseLost
 
-    head = store.head()
-    base_version = (head or {}).get("version", 0)
+    head = store.head_snapshot()  # StateCorrupt propagates: nothing is processed or committed
+    base_version = head.version
     summary = ArchiveSummary(run_id=run_id, committed=False, version=base_version)
     with tempfile.TemporaryDirectory(prefix="ugpnet-archive-") as scratch:
-        plan = archive_plan.plan_run(config, source, dest, store, head, model.model_version, scratch, summary)
+        plan = archive_plan.plan_run(config, source, dest, store, head.record, model.model_version, scratch,
+                                     summary)
         _checkpoint("planned", hook)
         outcomes = {}
         if plan.selected:
+            lease.renew()  # between blocks of work: a run that lost its lease stops here (LeaseLost)
             restore_config = config.restore_config(plan.plan_uri, run_id, model=model.bundle_dir)
             archive_plan.prepare_outputs(plan, store, base_version, model.model_version, restore_config, run_id)
             _checkpoint("invalidated", hook)
+            lease.renew()
             outcomes, summary.restore_exit_status = _process(restore_config, model, plan)
         _checkpoint("processed", hook)
         if not plan.selected and not summary.deleted:
             summary.message = f"nothing new or changed under {source.uri} (version {base_version} stays)"
             return summary
-        if lease.lost:
-            raise LeaseLost(str(lease.lost))
+        lease.check()
         record = archive_plan.write_version(plan, outcomes, store, base_version, run_id, model, config, summary,
                                             scratch)
         _checkpoint("before-commit", hook)
-        store.commit(record, base_version=base_version, lease=lease)
+        store.commit(record, base=head, lease=lease)
     summary.committed, summary.version = True, record["version"]
     _checkpoint("after-commit", hook)
     try:
@@ -307,7 +330,7 @@ def _load_file(path: str) -> dict:
 
 
 def handle(args) -> int:
-    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost
+    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost, StateCorrupt
 
     config = config_from_args(args)  # ConfigError → exit 2
     if args.dry_run:
@@ -323,6 +346,10 @@ def handle(args) -> int:
         print(f"ugpnet archive: another archive run is active on {config.state}: lease {err}; "
               f"exiting without processing or committing", file=sys.stderr)
         return EXIT_LEASE_HELD
+    except StateCorrupt as err:
+        print(f"ugpnet archive: the archive state is damaged, not processing or committing: {err}",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
     except (LeaseLost, CommitConflict) as err:
         print(f"ugpnet archive: not committing: {err}; the next run will redo what this one did not commit",
               file=sys.stderr)

@@ -235,25 +235,52 @@ def read_bytes(location: Location) -> bytes:
 
 def write_bytes(location: Location, data: bytes) -> None:
     """Write a whole file. Local files appear atomically (temp file + rename), as S3 PUTs do,
-    so a run killed mid-write never leaves a truncated output behind."""
+    so a run killed mid-write never leaves a truncated output behind; file and folder are fsynced,
+    so after a power cut the name holds the old bytes or the new ones, never an empty file."""
     filesystem = location.filesystem
     if location.spec.scheme == "local":
-        parent = posixpath.dirname(location.path)
-        os.makedirs(parent, exist_ok=True)
-        temporary = posixpath.join(parent, f".{posixpath.basename(location.path)}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(temporary, "wb") as out:
-                out.write(data)
-            os.replace(temporary, location.path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        os.makedirs(posixpath.dirname(location.path), exist_ok=True)
+        durable_replace(write_durable_temp(location.path, data), location.path)
         return
 
     def put() -> None:
         with filesystem.open_output_stream(location.path) as stream:
             stream.write(data)
     with_retries(put)
+
+
+def write_durable_temp(path: str, data: bytes) -> str:
+    """`data` in a hidden temp file beside `path`, flushed to disk; returns the temp file's path."""
+    parent = posixpath.dirname(path)
+    temporary = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return temporary
+
+
+def durable_replace(temporary: str, path: str) -> None:
+    """Rename a flushed temp file over `path`, then fsync the folder so the rename itself survives."""
+    try:
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    fsync_directory(posixpath.dirname(path))
+
+
+def fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def delete_if_exists(location: Location) -> None:
