@@ -6,6 +6,7 @@ and config validation stay fast.
 
 import argparse
 import sys
+import traceback
 
 from pipelines import archive, data_prepare, demo, evaluate, model_commands, registry_commands, restore, train
 from pipelines.redaction import redact
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ValueError, FileNotFoundError) as exc:
         print(f"ugpnet {args.verb}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:  # unexpected: the traceback, as Python prints it, minus credentials
+        # (MLflow, for one, quotes the whole tracking URI, `https://user:token@host`, in its errors).
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

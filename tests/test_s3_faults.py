@@ -137,3 +137,36 @@ def test_two_archive_runs_through_s3_faults_on_listing_lease_and_commit(s3_bucke
     stored = {key for key in s3_keys(client, "outputs", "restored/") if "/_ugpnet/" not in key}
     assert {row["output_uri"] for row in committed.values()} == {f"s3://outputs/{key}" for key in stored}
     assert {row["status"] for row in committed.values()} == {"ok"}
+
+
+# ---------------------------------------------------------------- training: checkpoints and bundles on S3
+
+@pytest.mark.timeout(900)
+def test_training_checkpoints_and_bundles_through_s3_faults(s3_buckets, proxy, tmp_path, capsys):
+    from train_helpers import photo_folder
+
+    photos = photo_folder(tmp_path / "photos")  # the data stays local: the checkpoints are under test
+    proxy.fail_fraction(0.10, seed=30)
+    proxy.fail_next(2, "lost", match=touches("faults-restoration/"))  # Ray Train's checkpoint uploads
+    code = cli.main(["train", "--preset", "tiny_denoise", "--data", str(photos), "--run-name", "faults",
+                     "--storage", "s3://outputs/runs", "--workers", "1", "--cpus-per-worker", "0.5",
+                     "--stage", "restoration", "--steps", "4", "--batch-size", "2", "--no-register",
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     "--set", "hyperparams.restoration.validation_interval=2",
+                     "--set", "hyperparams.restoration.checkpoint_interval=2"])
+    out = capsys.readouterr().out
+    proxy.heal()
+
+    assert code == 0, out[-3000:]
+    faulted = [path for _, path, fault in proxy.log if fault]
+    assert sum("faults-restoration/" in path for path in faulted) >= 2, proxy.injected
+    assert any("/bundles/" in path for _, path, _ in proxy.log)  # bundles went through the proxy too
+    keys = s3_keys(s3_buckets.client(), "outputs", "runs/")
+    checkpoints = {key.split("/")[2] for key in keys if key.startswith("runs/faults-restoration/checkpoint_")}
+    assert len(checkpoints) >= 1, keys
+    bundle = storage.resolve("s3://outputs/runs/faults/bundles/restoration", direct(s3_buckets))
+    local = tmp_path / "bundle"
+    local.mkdir()
+    for name in ("model.safetensors", "ugpnet.json"):
+        (local / name).write_bytes(storage.read_bytes(bundle.child(name)))
+    assert ugpnet.load(local).bundle_config["provenance"]["stage_restoration"]["steps"] == 4

@@ -86,3 +86,19 @@ def test_the_printed_config_holds_no_credentials(tmp_path, capsys):
 ])
 def test_redact_removes_credentials_and_keeps_everything_else(text, expected):
     assert redact(text) == expected
+
+
+def test_an_unexpected_failure_prints_its_traceback_without_credentials(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from services import free_port
+
+    nobody = f"http://ugpnet-user:{TOKEN}@127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "--tracking-uri", nobody, "list"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "API request to http://***@127.0.0.1:" in result.stderr, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
