@@ -206,7 +206,7 @@ def _int_tuple(name, value) -> tuple[int, ...]:
 def _is_plain_int(part) -> bool:
     if isinstance(part, bool):
         return False
-    return isinstance(part, int) or isinstance(part, str) and part.strip().isdigit()
+    return isinstance(part, int) or isinstance(part, str) and part.strip().isascii() and part.strip().isdigit()
 
 
 def _extensions(value) -> tuple[str, ...]:

@@ -244,7 +244,8 @@ def _listed(name: str, value) -> list:
 
 def _count(name: str, value) -> int:
     """An integer given as a number or digits (`1.5`, `true`, `"x"` are refused)."""
-    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, str) and value.strip().isdigit()):
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, str) and value.strip().isascii()
+                                       and value.strip().isdigit()):
         raise ValueError(f"{name}: must be an integer, got {value!r}")
     return int(value)
 

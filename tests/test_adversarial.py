@@ -187,6 +187,7 @@ def test_evaluate_refuses_a_report_that_overlaps_the_data(report, text, tmp_path
 
 RESTORE_CONFIGS = {  # YAML text of one bad field → the field named
     "actors: 1.5": "actors", "actors: null": "actors", "actors: '2.5'": "actors", "actors: true": "actors",
+    "actors: '²'": "actors",
     "extensions: 5": "extensions", "extensions: [5]": "extensions", "run_id: '.'": "run_id",
     "run_id: '..'": "run_id", "run_id: \"a\\nb\"": "run_id", "batch_size: '4'": "batch_size",
     "quality: null": "quality", "overwrite: 'yes'": "overwrite", "suffix: \"x\\ny\"": "suffix",
