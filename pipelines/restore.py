@@ -439,10 +439,17 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
             memory=actor_memory)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
-    dataset.write_parquet(manifest_dir.path, filesystem=manifest_dir.filesystem,
+    # Local parquet files are written into a hidden folder and moved up once all are whole, so a killed
+    # run leaves no truncated file where readers look (they skip names starting with "." or "_").
+    # An S3 PUT is atomic already.
+    local = manifest_dir.spec.scheme == "local"
+    target = manifest_dir.child(f".partial-{uuid.uuid4().hex[:8]}") if local else manifest_dir
+    dataset.write_parquet(target.path, filesystem=target.filesystem,
                           min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE),
                           # S3 has no folders: creating one would leave empty "dir/" objects behind
-                          try_create_dir=manifest_dir.spec.scheme == "local")
+                          try_create_dir=local)
+    if local:
+        storage.publish_local_folder(target, manifest_dir)
 
 
 def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float]]:

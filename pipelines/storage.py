@@ -275,6 +275,19 @@ def durable_replace(temporary: str, path: str) -> None:
     fsync_directory(posixpath.dirname(path))
 
 
+def publish_local_folder(staging: Location, target: Location) -> None:
+    """Move the finished files of a hidden local staging folder into `target`, one rename each, flushed
+    to disk first (their writer did not), then drop the staging folder."""
+    for name in sorted(os.listdir(staging.path)):
+        path = posixpath.join(staging.path, name)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.rename(path, posixpath.join(target.path, name))
+    fsync_directory(target.path)
+    os.rmdir(staging.path)
+    fsync_directory(target.path)
+
+
 def fsync_directory(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
