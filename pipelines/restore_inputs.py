@@ -2,10 +2,12 @@
 S3 prefix, one file, or a manifest file listing URIs), the output key of each, and which inputs are
 already done for this model version.
 
-Re-runs: after writing an output, the writer stores an empty-ish marker
-`<output>/_ugpnet/done/<output key>@<model version>`. One recursive listing of the output root then
-says which outputs exist and for which version, so a run that was killed is re-run without redoing
-what finished, and outputs made by another model version are redone (and their markers removed).
+Re-runs: after writing an output, the writer stores a done-marker naming the input, the model
+version and the settings that made it (see pipelines.done_markers). One recursive listing of the
+output root then says which outputs exist and for which input, model and settings, so a run that was
+killed is re-run without redoing what finished, outputs made by another model version or other
+settings are redone (and their markers removed), and an output that belongs to another input is
+neither skipped nor overwritten: that input gets one error row naming both.
 """
 
 import csv
@@ -15,7 +17,9 @@ import posixpath
 from dataclasses import dataclass
 
 from pipelines import storage
-from pipelines.restore_stages import DONE_DIR, ERROR, INTERMEDIATE_DIR, PENDING, SKIPPED
+from pipelines.done_markers import LEGACY, Marker, marker_body, marker_for, parse_marker, source_tag
+from pipelines.error_kinds import COLLISION, NAME
+from pipelines.restore_stages import ERROR, INTERMEDIATE_DIR, PENDING, SKIPPED
 
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".list", ".csv", ".parquet")
 URI_COLUMNS = ("input_uri", "uri", "path", "url", "input")
@@ -31,6 +35,9 @@ class InputError(ValueError):
 class InputItem:
     input_uri: str
     relative_key: str  # as listed or given (not yet made safe)
+    size: int | None = None      # as listed; None for manifest entries (not listed)
+    etag: str | None = None
+    mtime_ns: int | None = None
 
 
 def list_inputs(source: storage.Location, *, extensions: tuple[str, ...], s3: storage.StorageSpec,
@@ -42,7 +49,7 @@ def list_inputs(source: storage.Location, *, extensions: tuple[str, ...], s3: st
     if info.type == storage.pafs.FileType.File:
         if source.path.lower().endswith(MANIFEST_EXTENSIONS):
             return read_manifest(source, s3), "manifest"
-        return [InputItem(source.uri, posixpath.basename(source.path))], "file"
+        return [InputItem(source.uri, posixpath.basename(source.path), size=info.size, mtime_ns=info.mtime_ns)], "file"
     wanted = tuple(ext.lower() for ext in extensions)
     items = []
     for file in storage.list_files(source):
@@ -51,7 +58,8 @@ def list_inputs(source: storage.Location, *, extensions: tuple[str, ...], s3: st
             continue
         if wanted and not file.path.lower().endswith(wanted):
             continue
-        items.append(InputItem(location.uri, storage.relative_to(source, file.path)))
+        items.append(InputItem(location.uri, storage.relative_to(source, file.path), size=file.size,
+                               mtime_ns=file.mtime_ns))
     return sorted(items, key=lambda item: item.input_uri), "directory"
 
 
@@ -60,6 +68,7 @@ def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[I
     or .parquet file. Relative entries are relative to the manifest's own directory."""
     data = storage.read_bytes(manifest)
     suffix = posixpath.splitext(manifest.path.lower())[1]
+    versions = None  # per entry: size/etag/mtime_ns as listed, when the manifest carries them
     try:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -69,6 +78,7 @@ def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[I
             key_column = _pick(table.column_names, KEY_COLUMNS)
             uris = [str(v) if v is not None else "" for v in table.column(uri_column).to_pylist()]
             keys = table.column(key_column).to_pylist() if key_column else [None] * len(uris)
+            versions = _listed_versions(table)
         elif suffix == ".csv":
             rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
             header = [h.strip().lower() for h in rows[0]] if rows else []
@@ -84,22 +94,38 @@ def read_manifest(manifest: storage.Location, s3: storage.StorageSpec) -> list[I
             keys = [None] * len(uris)
     except (UnicodeDecodeError, ValueError, OSError) as err:
         raise InputError(f"cannot read the manifest {manifest.uri}: {err}") from err
-    entries = [(uri, key) for uri, key in zip(uris, keys, strict=True) if uri]
+    versions = versions or [{}] * len(uris)
+    entries = [(uri, key, version) for uri, key, version in zip(uris, keys, versions, strict=True) if uri]
     if not entries:
         raise InputError(f"the manifest {manifest.uri} lists no inputs")
     base = posixpath.dirname(manifest.path)
     locations = []
-    for uri, _ in entries:
+    for uri, _, _ in entries:
         if "://" in uri or uri.startswith("/"):
             locations.append(storage.resolve(uri, s3))
         else:  # relative to the manifest, on the manifest's filesystem
             locations.append(storage.Location(manifest.spec, posixpath.normpath(posixpath.join(base, uri))))
     root = _common_directory(locations)
     items = []
-    for location, (_, key) in zip(locations, entries, strict=True):
+    for location, (_, key, version) in zip(locations, entries, strict=True):
         relative = key if key not in (None, "") else _scheme_free(location)[len(root):].lstrip("/")
-        items.append(InputItem(location.uri, str(relative)))
+        items.append(InputItem(location.uri, str(relative), **version))
     return items
+
+
+def _listed_versions(table) -> list[dict]:
+    """size / etag / mtime_ns columns (an archive plan has them), so done-markers can tell a changed
+    object from the one they describe; values of another type are ignored."""
+    types = {"size": int, "etag": str, "mtime_ns": int}
+    columns = {name: table.column(name).to_pylist() for name in types if name in table.column_names}
+    versions = []
+    for index in range(table.num_rows):
+        version = {}
+        for name, values in columns.items():
+            value = values[index]
+            version[name] = value if isinstance(value, types[name]) and not isinstance(value, bool) else None
+        versions.append(version)
+    return versions
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
@@ -135,46 +161,91 @@ def output_key(relative_key: str, *, ext: str, suffix: str) -> str:
     return storage.safe_relative_key(posixpath.join(directory, f"{stem}{suffix}.{ext}"))
 
 
-def existing_outputs(output_root: storage.Location) -> tuple[set[str], dict[str, set[str]]]:
-    """(output keys present, {output key: model versions with a done-marker}) from one listing."""
+def existing_outputs(output_root: storage.Location) -> tuple[set[str], dict[str, list[Marker]]]:
+    """(output keys present, {output key: its done-markers}) from one listing."""
     present, markers = set(), {}
-    marker_prefix = DONE_DIR + "/"
     for file in storage.list_files(output_root):
         relative = storage.relative_to(output_root, file.path)
-        if relative.startswith(marker_prefix):
-            key, sep, version = relative[len(marker_prefix):].rpartition("@")
-            if sep:
-                markers.setdefault(key, set()).add(version)
-        else:
+        marker = parse_marker(relative)
+        if marker is not None:
+            markers.setdefault(marker.output_rel, []).append(marker)
+        elif not relative.startswith("_ugpnet/"):
             present.add(relative)
     return present, markers
 
 
 def plan_rows(items: list[InputItem], *, output_root: storage.Location, ext: str, suffix: str, model_version: str,
-              overwrite: bool) -> list[dict]:
-    """One row per input: `pending`, `skipped` (done for this version) or `error` (unusable name)."""
+              overwrite: bool, settings: dict) -> list[dict]:
+    """One row per input: `pending`, `skipped` (done for this input, model and settings) or `error`
+    (unusable name, or an output that another input owns or claims)."""
     present, markers = existing_outputs(output_root)
+    bodies = _MarkerBodies(output_root)
     rows, claimed = [], {}
     for item in items:
-        row = {"input_uri": item.input_uri, "output_rel": "", "status": PENDING, "error": "", "stale_markers": "[]"}
+        row = {"input_uri": item.input_uri, "output_rel": "", "status": PENDING, "error": "", "error_kind": "",
+               "stale_markers": "[]", "marker": "", "marker_body": ""}
         rows.append(row)
         try:
             key = output_key(item.relative_key, ext=ext, suffix=suffix)
         except storage.StorageError as err:
-            row["status"], row["error"] = ERROR, f"name: {err}"
+            row["status"], row["error"], row["error_kind"] = ERROR, f"name: {err}", NAME
             continue
         if key.split("/", 1)[0] in RESERVED_TOP_LEVEL:
             row["status"], row["error"] = ERROR, f"name: output key {key!r} is inside a reserved directory"
+            row["error_kind"] = NAME
+            continue
+        found = markers.get(key, [])
+        other = _other_owner(found, item.input_uri, bodies)
+        if other is not None:  # the output is another input's: redoing or skipping would misattribute it
+            row["status"], row["error_kind"] = ERROR, COLLISION
+            row["error"] = (f"collision: output {key!r} is already the output of {other} (done-marker "
+                            f"{_DONE_HINT}); {item.input_uri} is neither skipped nor written")
             continue
         if key in claimed:
-            row["status"], row["error"] = ERROR, f"name: output {key!r} is already the output of {claimed[key]}"
+            row["status"], row["error_kind"] = ERROR, COLLISION
+            row["error"] = (f"collision: output {key!r} is already the output of {claimed[key]} in this run; "
+                            f"{item.input_uri} is not written")
             continue
         claimed[key] = item.input_uri
-        row["output_rel"] = key
-        versions = markers.get(key, set())
-        if not overwrite and model_version in versions and key in present:
+        listed = dict(size=item.size, etag=item.etag, mtime_ns=item.mtime_ns)
+        marker = marker_for(key, model_version, item.input_uri, settings, **listed)
+        row["output_rel"], row["marker"] = key, marker.relative
+        row["marker_body"] = json.dumps(marker_body(marker, input_uri=item.input_uri, settings=settings, **listed))
+        if not overwrite and marker in found and key in present:
             row["status"] = SKIPPED
             continue
-        stale = sorted(f"{DONE_DIR}/{key}@{version}" for version in versions if version != model_version)
-        row["stale_markers"] = json.dumps(stale)
+        row["stale_markers"] = json.dumps(sorted(m.relative for m in found if m != marker))
     return rows
+
+
+_DONE_HINT = "under _ugpnet/done/; delete that output and its marker to give the name to another input"
+
+
+def _other_owner(found: list[Marker], input_uri: str, bodies: "_MarkerBodies") -> str | None:
+    """The input that owns an output through one of its markers, when that is not `input_uri`."""
+    mine = source_tag(input_uri)
+    for marker in found:
+        if marker.source == mine:
+            continue
+        owner = bodies.input_uri(marker)
+        if marker.source == LEGACY and owner == input_uri:
+            continue  # this input's own marker from before the tags: stale, not another owner
+        return owner
+    return None
+
+
+class _MarkerBodies:
+    """Marker bodies, read (one GET each) only to name another owner or to place a legacy marker."""
+
+    def __init__(self, output_root: storage.Location):
+        self.output_root = output_root
+        self._uris: dict[str, str] = {}
+
+    def input_uri(self, marker: Marker) -> str:
+        if marker.relative not in self._uris:
+            try:
+                uri = json.loads(storage.read_bytes(self.output_root.child(marker.relative)))["input_uri"]
+            except (OSError, ValueError, KeyError, TypeError):
+                uri = None
+            self._uris[marker.relative] = str(uri) if uri else f"the input of {marker.relative} (unreadable)"
+        return self._uris[marker.relative]
