@@ -12,7 +12,7 @@ import re
 
 MISSING, CORRUPT, SIZE, NAME, COLLISION = "missing", "corrupt", "size", "name", "collision"
 ACCESS_DENIED, THROTTLED, NETWORK, SERVER, STORAGE = "access_denied", "throttled", "network", "server", "storage"
-MODEL, ENCODE, WRITE = "model", "encode", "write"
+MODEL, ENCODE, WRITE, INTERNAL = "model", "encode", "write", "internal"
 INPUT_KINDS = frozenset({MISSING, CORRUPT, SIZE, NAME, COLLISION})  # SIZE: refused by the fit or pixel limits
 
 # pyarrow reports S3 failures as OSError("AWS Error <CODE> during <Op> operation: ...").
@@ -65,7 +65,7 @@ def kind_of_stage(error_text: str) -> str:
     if stage.startswith("model"):
         return MODEL
     return {"decode": CORRUPT, "fit": SIZE, "name": NAME, "collision": COLLISION, "encode": ENCODE,
-            "write": WRITE, "read": STORAGE}.get(stage, STORAGE)
+            "write": WRITE, "read": STORAGE}.get(stage, INTERNAL)
 
 
 def is_input_error(kind: str | None) -> bool:

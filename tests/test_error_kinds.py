@@ -14,7 +14,17 @@ from pipelines import cli, storage
 from pipelines.archive import ArchiveConfig
 from pipelines.archive import run as archive_run
 from pipelines.archive_state import StateStore
-from pipelines.error_kinds import ACCESS_DENIED, MISSING, NETWORK, SERVER, STORAGE, THROTTLED, classify_read_error
+from pipelines.error_kinds import (
+    ACCESS_DENIED,
+    MISSING,
+    NETWORK,
+    SERVER,
+    STORAGE,
+    THROTTLED,
+    classify_read_error,
+    is_input_error,
+    kind_of_stage,
+)
 
 pytest_plugins = ["services"]
 
@@ -55,6 +65,12 @@ def test_read_errors_are_classified_from_real_failures(s3_buckets, tmp_path):
                           ("AWS Error UNKNOWN (HTTP status 403) during GetObject operation", ACCESS_DENIED),
                           ("something else went wrong", STORAGE)):
         assert classify_read_error(OSError(message)) == kind, message
+    # Rows no stage classified get their kind from the stage that failed them.
+    assert [kind_of_stage(text) for text in ("model (fused): out of memory", "decode: truncated PNG", "fit: 30x20",
+                                             "write: disk full", "memory: needs 9 GiB")] == \
+           ["model", "corrupt", "size", "write", "internal"]
+    assert [is_input_error(kind) for kind in ("corrupt", "collision", "missing", ACCESS_DENIED, "model", None)] == \
+           [True, True, True, False, False, False]
 
 
 @pytest.mark.integration
