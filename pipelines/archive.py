@@ -3,19 +3,21 @@
     take the lease                                  (another live run holds it → exit 4, nothing done)
     list the source ⋈ committed state, by key       streamed merge: new / changed / unchanged / deleted
     select new + changed (+ model / retry), key order, at most --max-items; the rest waits
-    record the plan, invalidate the selection's old done-markers, then restore the plan with the restore flow
+    record the plan, then restore it with the restore flow (done-markers record each object's size and ETag)
     write the new state version and the run's changes, then commit: replace HEAD.json (one atomic step)
 
 Outputs are named exactly as `ugpnet restore --input SOURCE --output DEST` names them, and the restore
 manifest and summary land under `<dest>/_ugpnet/` as usual. A run that dies anywhere leaves HEAD.json at
 the last commit; the next run selects the same objects again and restore skips those whose outputs the
-dead run finished (done-markers written after it invalidated the old ones; see archive_state), so work is
+dead run finished (their done-markers record the very content planned; see pipelines.done_markers), so work is
 neither lost nor done twice. Deleted objects are recorded in the run's changes and dropped from the
 state; their outputs are left in place.
 
-Exit status: 0 committed (or nothing to do); 3 committed but the restore error rate exceeded
---max-error-rate; 4 another run holds the lease (nothing done); 1 the run failed, lost its lease, or
-found lease.json or HEAD.json damaged (nothing committed); 2 a bad configuration.
+Exit status: 0 committed (or nothing to do); 3 committed but the restore run failed its error checks
+(over --max-error-rate, every input errored, or every error was not the input's fault: those are
+retried by the next run, see pipelines.error_kinds); 4 another run holds the lease (nothing done);
+1 the run failed, lost its lease, or found lease.json or HEAD.json damaged (nothing committed);
+2 a bad configuration.
 """
 
 import _thread
@@ -260,7 +262,7 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
                            f"{model.model_version}")
     manifest = storage.resolve(result.manifest)
     table = pads.dataset(manifest.path, filesystem=manifest.filesystem, format="parquet").to_table(
-        columns=["input_uri", "status", "output_uri", "error"])
+        columns=["input_uri", "status", "output_uri", "error", "error_kind"])
     outcomes = {row["input_uri"]: row for row in table.to_pylist()}
     missing = [uri for uri in plan.uris if uri not in outcomes]
     if missing or len(outcomes) != table.num_rows:

@@ -44,6 +44,7 @@ STATE_SCHEMA = pa.schema([
     ("status", pa.string()),           # ok | error
     ("output_uri", pa.string()),       # null for errors
     ("error", pa.string()),
+    ("error_kind", pa.string()),       # for errors (pipelines.error_kinds): the input's own kinds stay, others retry
     ("model_version", pa.string()),    # sha256-… of the weights that made the output
     ("run_id", pa.string()),           # the archive run that processed this content
     ("processed_at", pa.timestamp("ms", tz="UTC")),

@@ -9,9 +9,12 @@
 Only counts come back to the driver. The model reference is resolved once, on the driver; its
 content hash is the model version recorded in every row and used to skip finished inputs on re-runs.
 
-Exit status: 0 when every input got an outcome (errors included), EXIT_ERROR_RATE when more than
-`max_error_rate` of the processed inputs errored, EXIT_RUN_FAILED when the run itself failed, and 2
-(the CLI's usual) for a bad configuration, which is caught before any work.
+Exit status: 0 when every input got an outcome (errors of the inputs' own making included);
+EXIT_ERROR_RATE when more than `max_error_rate` of the processed inputs errored, when every input
+errored, or when there were errors and none of them was the input's fault (access denied, throttling,
+network, server, model, output store: see pipelines.error_kinds), since such a run did not do its job;
+EXIT_RUN_FAILED when the run itself failed; and 2 (the CLI's usual) for a bad configuration, which is
+caught before any work.
 """
 
 import json
@@ -26,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import storage
+from pipelines.done_markers import output_settings
+from pipelines.error_kinds import is_input_error
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
 
 EXIT_RUN_FAILED = 1
@@ -259,10 +264,23 @@ class RunSummary:
     summary_path: str
     model: dict
     stage_ms: dict = field(default_factory=dict)  # summed per-input milliseconds per stage
+    error_kinds: dict = field(default_factory=dict)  # errors per kind (pipelines.error_kinds)
+
+    @property
+    def failure(self) -> str:
+        """Why the run did not do its job ('' when it did): the reason behind EXIT_ERROR_RATE."""
+        if self.error_rate > self.max_error_rate:
+            return f"error rate {self.error_rate:.3f} exceeds --max-error-rate {self.max_error_rate}"
+        if self.errors and self.errors == self.total:
+            return f"every input ({self.total}) ended in an error"
+        if self.errors and not any(is_input_error(kind) for kind in self.error_kinds):
+            kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.error_kinds.items()))
+            return f"every error ({kinds}) came from the store, the network or this system, not from an input"
+        return ""
 
     @property
     def exit_status(self) -> int:
-        return EXIT_ERROR_RATE if self.error_rate > self.max_error_rate else 0
+        return EXIT_ERROR_RATE if self.failure else 0
 
     def line(self) -> str:
         return (f"restore {self.run_id}: {self.ok} ok, {self.errors} error, {self.skipped} skipped of {self.total} "
@@ -301,7 +319,9 @@ def run(config: RestoreConfig) -> RunSummary:
     if kind == "manifest":
         refuse_entries_under(output, "output", items)
     rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
-                     model_version=model.model_version, overwrite=config.overwrite)
+                     model_version=model.model_version, overwrite=config.overwrite, settings=output_settings(
+                         fit=config.fit, tile_overlap=config.tile_overlap, ext=config.ext, quality=config.quality,
+                         save_intermediate=config.save_intermediate))
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
     if storage.list_files(manifest_dir):
@@ -317,7 +337,7 @@ def run(config: RestoreConfig) -> RunSummary:
         finally:
             if started_ray:
                 ray.shutdown()
-    counts, stage_ms = _read_back(manifest_dir) if rows else ({}, {})
+    counts, stage_ms, error_kinds = _read_back(manifest_dir) if rows else ({}, {}, {})
     if sum(counts.values()) != len(rows):
         raise RuntimeError(f"the manifest holds {sum(counts.values())} rows for {len(rows)} inputs")
     duration = time.perf_counter() - started
@@ -327,9 +347,9 @@ def run(config: RestoreConfig) -> RunSummary:
         duration_s=round(duration, 3), images_per_s=round(ok / duration, 4) if duration > 0 else 0.0,
         error_rate=round(errors / (ok + errors), 6) if ok + errors else 0.0, max_error_rate=config.max_error_rate,
         output=output.uri, manifest=manifest_dir.uri, summary_path=output.child(f"_ugpnet/runs/{run_id}.json").uri,
-        model=model.describe(), stage_ms=stage_ms)
+        model=model.describe(), stage_ms=stage_ms, error_kinds=error_kinds)
     record = {**asdict(summary), "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
-              "exit_status": summary.exit_status, "config": config.public_dict(),
+              "exit_status": summary.exit_status, "failure": summary.failure, "config": config.public_dict(),
               "error_rate_definition": "errors / (ok + errors)"}
     storage.write_bytes(output.child(f"_ugpnet/runs/{run_id}.json"), json.dumps(record, indent=2).encode())
     print(summary.line(), flush=True)
@@ -452,18 +472,20 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
         storage.publish_local_folder(target, manifest_dir)
 
 
-def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float]]:
-    """Counts per status and summed stage times: the only things the driver reads of the results."""
+def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
+    """Counts per status, summed stage times and errors per kind: the only things the driver reads of
+    the results."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    columns = ["status", "read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms"]
+    columns = ["status", "error_kind", "read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms"]
     table = pads.dataset(manifest_dir.path, filesystem=manifest_dir.filesystem, format="parquet").to_table(
         columns=columns)
     counts = {status: int(pc.sum(pc.equal(table["status"], status)).as_py() or 0) for status in (OK, ERROR, SKIPPED,
                                                                                                   PENDING)}
-    stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[1:]}
-    return {k: v for k, v in counts.items() if v}, stage_ms
+    stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[2:]}
+    kinds = pc.value_counts(table["error_kind"].drop_null()).to_pylist()
+    return {k: v for k, v in counts.items() if v}, stage_ms, {item["values"]: item["counts"] for item in kinds}
 
 
 # ---------------------------------------------------------------- CLI
@@ -543,6 +565,5 @@ def handle(args) -> int:
         print(f"ugpnet restore: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
     if summary.exit_status == EXIT_ERROR_RATE:
-        print(f"ugpnet restore: error rate {summary.error_rate:.3f} exceeds --max-error-rate "
-              f"{summary.max_error_rate}", file=sys.stderr)
+        print(f"ugpnet restore: {summary.failure}", file=sys.stderr)
     return summary.exit_status

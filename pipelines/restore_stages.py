@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
+from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, kind_of_stage
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
 MODULES = ("restoration", "synthesis", "fusion")
 READ_THREADS = 8  # concurrent GETs per read task: S3 latency, not CPU, bounds reading
-DONE_DIR = "_ugpnet/done"
 INTERMEDIATE_DIR = "_intermediate"
 
 MANIFEST_SCHEMA = pa.schema([
@@ -34,6 +34,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_uri", pa.string()),
     ("status", pa.string()),           # ok | error | skipped
     ("error", pa.string()),            # "<stage>: <reason>" for errors, else null
+    ("error_kind", pa.string()),       # why, for errors (pipelines.error_kinds): corrupt, access_denied, …
     ("model_ref", pa.string()),
     ("model_version", pa.string()),
     ("width", pa.int32()),             # input pixels, after EXIF orientation
@@ -76,11 +77,6 @@ class StageSettings:
     save_intermediate: bool
 
 
-def marker_key(output_rel: str, model_version: str) -> str:
-    """Written after the output: its presence means the output exists for that model version."""
-    return f"{DONE_DIR}/{output_rel}@{model_version}"
-
-
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
 
 def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
@@ -100,10 +96,10 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     for index, row in enumerate(rows):
         tiles, alpha, plan, info = empty_tiles, np.zeros((0, 0), np.float32), "", {}
         if index in reads:
-            data, read_ms, read_error = reads[index]
+            data, read_ms, read_error, read_kind = reads[index]
             info["read_ms"] = read_ms
             if read_error:
-                row["status"], row["error"] = ERROR, f"read: {read_error}"
+                row["status"], row["error"], row["error_kind"] = ERROR, f"read: {read_error}", read_kind
             else:
                 info["bytes_in"] = len(data)
                 started = time.perf_counter()
@@ -113,6 +109,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                 except Exception as err:  # every failure becomes this row's error, never the job's
                     stage = getattr(err, "stage", "decode")
                     row["status"], row["error"] = ERROR, f"{stage}: {_reason(err)}"
+                    row["error_kind"] = SIZE if stage == "fit" else CORRUPT
                     info.update(getattr(err, "info", {}))
                 info["decode_ms"] = (time.perf_counter() - started) * 1000
         for key, value in row.items():
@@ -129,13 +126,14 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     return out
 
 
-def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str]:
+def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str, str]:
+    """(bytes, milliseconds, error text, error kind); the error parts are empty on success."""
     started = time.perf_counter()
     try:
         data = storage.read_bytes(storage.resolve(uri, s3))
-        return data, (time.perf_counter() - started) * 1000, ""
+        return data, (time.perf_counter() - started) * 1000, "", ""
     except Exception as err:
-        return b"", (time.perf_counter() - started) * 1000, _reason(err)
+        return b"", (time.perf_counter() - started) * 1000, _reason(err), classify_read_error(err)
 
 
 class _StageError(Exception):
@@ -307,12 +305,15 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
                 row["status"], row["error"] = OK, ""
             except _StageError as err:
                 row["status"], row["error"] = ERROR, f"{err.stage}: {err}"
+                row["error_kind"] = WRITE if err.stage == "write" else ENCODE
                 record.update(err.info)
         has_alpha = row.get("alpha") is not None and np.asarray(row["alpha"]).size > 0
         values = {
             "run_id": settings.run_id, "input_uri": row["input_uri"],
             "output_uri": output.uri if output is not None and row["status"] in (OK, SKIPPED) else None,
-            "status": row["status"], "error": row["error"] or None, "model_ref": settings.model_ref,
+            "status": row["status"], "error": row["error"] or None,
+            "error_kind": (row.get("error_kind") or kind_of_stage(row["error"])) if row["status"] == ERROR else None,
+            "model_ref": settings.model_ref,
             "model_version": settings.model_version,
             "width": _maybe(row.get("width")), "height": _maybe(row.get("height")),
             "source_format": row.get("source_format") or None, "source_mode": row.get("source_mode") or None,
@@ -365,13 +366,15 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
             "encode_ms": encode_ms}
     started = time.perf_counter()
     try:
-        # Intermediates first, the output next, the done-marker last: a marker implies the output.
-        for location in sorted(encoded, key=lambda loc: loc == output):
-            storage.write_bytes(location, encoded[location])
-        storage.write_bytes(settings.output_root.child(marker_key(row["output_rel"], settings.model_version)),
-                            json.dumps({"input_uri": row["input_uri"], "run_id": settings.run_id}).encode())
+        # Stale markers first (they describe bytes about to be replaced), then the intermediates, the
+        # output, and the done-marker last: a marker implies the output holds what it describes.
         for stale in json.loads(row["stale_markers"] or "[]"):
             storage.delete_if_exists(settings.output_root.child(stale))
+        for location in sorted(encoded, key=lambda loc: loc == output):
+            storage.write_bytes(location, encoded[location])
+        body = {**json.loads(row["marker_body"]), "run_id": settings.run_id, "bytes_read": row.get("bytes_in"),
+                "written_at": datetime.now(UTC).isoformat()}
+        storage.write_bytes(settings.output_root.child(row["marker"]), json.dumps(body).encode())
     except Exception as err:
         info["write_ms"] = (time.perf_counter() - started) * 1000
         raise _StageError("write", _reason(err), info) from err
