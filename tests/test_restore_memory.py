@@ -61,3 +61,23 @@ def test_one_failing_image_in_a_batch_of_four_is_the_only_error(tmp_path, bundle
     assert "model (fused): injected model fault" in rows["poison-raise.jpg"]["error"]
     assert {rows[name]["status"] for name in ("a.jpg", "b.jpg", "d.jpg")} == {"ok"}
     assert all((tmp_path / "out" / name.replace(".jpg", ".png")).is_file() for name in ("a.jpg", "b.jpg", "d.jpg"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_an_actor_killed_on_every_attempt_ends_the_run_with_error_rows(tmp_path, bundle, faulty_ray):
+    """The actor SIGKILLs itself on each attempt at the batch holding `poison-kill` (as the OOM
+    killer would): Ray Data's default would restart it and re-run the batch forever."""
+    names = ["a.jpg", "b.jpg", "c.jpg", "poison-kill.jpg", "e.jpg", "f.jpg"]
+    (tmp_path / "in").mkdir()
+    for index, name in enumerate(names):
+        (tmp_path / "in" / name).write_bytes(photo(48, 40, seed=index))
+    summary = run(RestoreConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=bundle,
+                                batch_size=2, rows_per_block=2, run_id="killed"))
+    rows = manifest_rows(tmp_path / "out/_ugpnet/manifest/killed")
+    assert sorted(rows) == sorted(names)
+    # Inputs are listed in name order, two to a batch: the killed batch is (f.jpg, poison-kill.jpg).
+    for name in ("f.jpg", "poison-kill.jpg"):
+        assert rows[name]["status"] == "error" and "failed on all 3 attempts" in rows[name]["error"], rows[name]
+    assert {rows[name]["status"] for name in ("a.jpg", "b.jpg", "c.jpg", "e.jpg")} == {"ok"}
+    assert (summary.ok, summary.errors) == (4, 2)
