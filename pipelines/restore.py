@@ -44,6 +44,9 @@ STAGE_MODES = ("fused", "split")
 ACTOR_BASE_MEMORY = 1 << 30
 ACTOR_WEIGHT_COPIES = 3
 MANIFEST_ROWS_PER_FILE = 1000
+# Attempts at one model batch whose actor dies (Ray Data's default retries forever): a batch that
+# kills its actor every time (e.g. out of memory) then becomes error rows and the run ends.
+MODEL_TASK_RETRIES = 2
 
 
 class ConfigError(ValueError):
@@ -294,6 +297,7 @@ def run(config: RestoreConfig) -> RunSummary:
     """Validate, plan on the driver, stream the inputs through Ray Data, write the summary."""
     from pipelines.model_refs import ModelRefError, load_payload, resolve_model
     from pipelines.restore_inputs import InputError, list_inputs, plan_rows
+    from pipelines.restore_lost import record_lost_rows
 
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -334,6 +338,8 @@ def run(config: RestoreConfig) -> RunSummary:
             _check_resources(config, _actor_memory(model))
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
+            record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
+                             model_version=model.model_version, attempts=1 + MODEL_TASK_RETRIES)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -430,13 +436,26 @@ def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
 def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
     import ray
 
-    from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
+    from pipelines.restore_stages import StageSettings
 
     settings = StageSettings(
         run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
         quality=config.quality, save_intermediate=config.save_intermediate)
+    # A block still failing after its retries is carried past, not the run's end: its rows get
+    # their error rows afterwards (pipelines/restore_lost.py).
+    context = ray.data.DataContext.get_current().copy()
+    context.max_errored_blocks = -1
+    with ray.data.DataContext.current(context):
+        _run_dataset(rows, config, model, payload_ref, settings, manifest_dir)
+
+
+def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> None:
+    import ray
+
+    from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
+
     rows_per_block = config.rows_per_block or 2 * config.batch_size
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
@@ -451,12 +470,16 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
                                                    batch_size=config.batch_size, threads=threads,
                                                    use_gpu=config.gpus_per_actor > 0,
                                                    keep_intermediate=config.save_intermediate),
-            batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+            batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
             # Reserving the model's memory also keeps Ray from fusing the CPU decode tasks into the
-            # model actors (it fuses only stages with equal resource requests). Ray Data restarts a
-            # killed actor and re-runs its batch by default (max_restarts=-1, max_task_retries=-1).
-            memory=actor_memory)
+            # model actors (it fuses only stages with equal resource requests). A killed actor is
+            # restarted (the pool needs it for the other batches), but its batch is re-run only
+            # MODEL_TASK_RETRIES times: Ray Data's default (-1) re-runs a batch that kills it forever.
+            # One batch in flight per actor, so that a death is charged to the batch that caused
+            # it alone (a queued batch would lose an attempt too, and could run out of them).
+            memory=actor_memory, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     # Local parquet files are written into a hidden folder and moved up once all are whole, so a killed

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from pipelines import storage
+from pipelines import fault_hooks, storage
 from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, kind_of_stage
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
@@ -234,42 +234,64 @@ class ModelStage:
         return [o.float().cpu().numpy() for o in outs]
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         statuses = list(batch["status"])
         pending = [i for i, status in enumerate(statuses) if status == PENDING]
-        in_names, out_names = self._INPUTS[self.module], self._outputs()
+        out_names = self._outputs()
         per_row = {name: [None] * len(statuses) for name in out_names}
         model_ms = [float(x) for x in batch.get("model_ms", np.zeros(len(statuses)))]
         errors = list(batch["error"])
-        if pending:
-            counts = [len(batch[in_names[0]][i]) for i in pending]
-            stacked = [np.concatenate([batch[name][i] for i in pending]) for name in in_names]
-            started = time.perf_counter()
-            try:
-                with torch.inference_mode():
-                    chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
-                              for first in range(0, len(stacked[0]), self.batch_size)]
-                outputs = [np.concatenate([c[k] for c in chunks]) if chunks else None for k in range(len(out_names))]
-            except Exception as err:  # a batch the model cannot run: fail its rows, keep the job
-                outputs = None
-                for i in pending:
-                    statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            total = max(1, sum(counts))
-            offset = 0
-            for i, count in zip(pending, counts, strict=True):
-                model_ms[i] += elapsed_ms * count / total
-                if outputs is not None:
-                    for name, output in zip(out_names, outputs, strict=True):
-                        per_row[name][i] = output[offset:offset + count]
-                offset += count
+        failures = self._run_rows(batch, pending, per_row, model_ms)
+        for i, err in failures.items():
+            statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
             empty = np.zeros(self._empty_shape(name), np.float32)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
+
+    def _run_rows(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> dict:
+        """Run the rows together; when that raises, run each row alone, so that one image the model
+        cannot run fails alone and its batch-mates still get their outputs. Returns {row: error}."""
+        if not rows:
+            return {}
+        try:
+            self._run_together(batch, rows, per_row, model_ms)
+            return {}
+        except Exception as err:  # a batch the model cannot run: find which of its rows is at fault
+            if len(rows) == 1:
+                return {rows[0]: err}
+        failures = {}
+        for i in rows:
+            try:
+                self._run_together(batch, [i], per_row, model_ms)
+            except Exception as err:
+                failures[i] = err
+        return failures
+
+    def _run_together(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
+        """The model over all tiles of `rows` in chunks of batch_size; fills per_row and model_ms
+        only when every chunk succeeded."""
+        import torch
+
+        in_names, out_names = self._INPUTS[self.module], self._outputs()
+        counts = [len(batch[in_names[0]][i]) for i in rows]
+        stacked = [np.concatenate([batch[name][i] for i in rows]) for name in in_names]
+        started = time.perf_counter()
+        fault_hooks.before_model([batch["input_uri"][i] for i in rows])
+        with torch.inference_mode():
+            chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
+                      for first in range(0, len(stacked[0]), self.batch_size)]
+        outputs = [np.concatenate([c[k] for c in chunks]) if chunks else None for k in range(len(out_names))]
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        total = max(1, sum(counts))
+        offset = 0
+        for i, count in zip(rows, counts, strict=True):
+            model_ms[i] += elapsed_ms * count / total
+            for name, output in zip(out_names, outputs, strict=True):
+                if output is not None:
+                    per_row[name][i] = output[offset:offset + count]
+            offset += count
 
     def _empty_shape(self, name: str) -> tuple[int, ...]:
         return self._empty.get(name, self._empty_image)
