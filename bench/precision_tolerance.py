@@ -1,0 +1,64 @@
+"""bf16 (and, on CUDA, fp16) against fp32 on the conformance inputs, as 8-bit outputs.
+
+For each official preset: the conformance weights and input (shared/conformance), one fp32 forward
+and one forward per reduced precision, and the distance of each output (I_R, I_G, I_F) written as an
+8-bit image: relative L2 of the levels and the largest difference in levels. These figures are the
+documented tolerance (docs/precision.md). Usage:
+
+    python bench/precision_tolerance.py                         # all five official presets
+    python bench/precision_tolerance.py --presets rrdb_x8
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conformance_fixtures import OFFICIAL_PRESETS, lq_input, write_official_files  # noqa: E402
+
+import ugpnet  # noqa: E402
+from ugpnet.inference import autocast, eight_bit_distance  # noqa: E402
+
+OUTPUTS = ("I_R", "I_G", "I_F")
+
+
+def measure(preset: str, precisions: list[str], device: torch.device) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = ugpnet.import_official(preset, **write_official_files(preset, Path(tmp))).to(device)
+    lq = lq_input(preset).to(device)
+    row = {"preset": preset}
+    with torch.inference_mode():
+        started = time.perf_counter()
+        reference = model(lq, return_all=True)
+        row["fp32_s"] = round(time.perf_counter() - started, 2)
+        for precision in precisions:
+            started = time.perf_counter()
+            with autocast(precision, device):
+                outputs = model(lq, return_all=True)
+            row[f"{precision}_s"] = round(time.perf_counter() - started, 2)
+            for name, ref, out in zip(OUTPUTS, reference, outputs, strict=True):
+                row[f"{precision}_{name}"] = {k: round(v, 6) for k, v in eight_bit_distance(ref, out).items()}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="*", default=list(OFFICIAL_PRESETS))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = ["bf16", "fp16"] if device.type == "cuda" else ["bf16"]
+    print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"load={os.getloadavg()}", flush=True)
+    for preset in args.presets:
+        print(json.dumps(measure(preset, precisions, device)), flush=True)
+    print(f"load={os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
