@@ -291,7 +291,9 @@ def build_model(payload: dict, device):
 
     config = json.loads(payload["config"])
     model = UGPNet(Preset.from_dict(config["preset"]))
-    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}")
+    # assign: the module keeps the tensors just read from the bytes, no second full copy of the weights.
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}",
+                           assign=True)
     return model.to(device).eval()
 
 

@@ -67,8 +67,8 @@ def test_measuring_stays_within_the_budget_of_small_runs():
     forward_at, calls = _conv_forward()
     with torch.inference_mode():
         timings = measure_batch_sizes(forward_at, CPU, planned_images=1, budget_fraction=0.05)
-    # One image planned: measuring more would cost more than the run; only batch 1's first call runs.
-    assert list(timings) == [1] and calls == [1]
+    # One image planned: measuring more would cost more than the run; only batch 1 runs (warm-up, timed).
+    assert list(timings) == [1] and calls == [1, 1]
     assert pick_batch_size(timings) == 1
 
 
@@ -111,12 +111,15 @@ def test_host_to_device_on_cpu_is_the_array_itself():
 
 
 def test_eight_bit_distance():
-    reference = torch.zeros(1, 3, 4, 4) + 0.5
-    assert eight_bit_distance(reference, reference) == {"relative_l2": 0.0, "max_abs_levels": 0.0}
+    reference = torch.full((1, 3, 4, 4), 100 / 255)
+    assert eight_bit_distance(reference, reference) == {"relative_l2": 0.0, "max_abs_levels": 0.0,
+                                                        "share_over_2_levels": 0.0}
     moved = reference.clone()
-    moved[0, 0, 0, 0] = 1.0
+    moved[0, 0, 0, 0] = 1.0  # 100 → 255 levels
+    moved[0, 1, 0, 0] = 102 / 255  # 2 levels: not over 2
     distance = eight_bit_distance(reference, moved)
-    assert distance["max_abs_levels"] == 127.0 and distance["relative_l2"] > 0
+    assert distance["max_abs_levels"] == 155.0 and distance["share_over_2_levels"] == 1 / 48
+    assert distance["relative_l2"] == pytest.approx((155**2 + 2**2) ** 0.5 / (100 * 48**0.5))
 
 
 # ---------------------------------------------------------------- compile decision

@@ -80,17 +80,15 @@ def measure_batch_sizes(forward_at: Callable[[int], object], device: torch.devic
                         candidates: Iterable[int] = BATCH_CANDIDATES, planned_images: int = 1000,
                         budget_fraction: float = 0.05, max_budget_s: float = 60.0) -> dict[int, float]:
     """Seconds per image of `forward_at(size)` (one forward pass at that batch size) at candidate sizes,
-    in increasing order. Batch 1 first: its first call (a warm-up: allocation, kernel choice) gives the
-    estimate that sizes the budget, `budget_fraction` of the planned work (at most `max_budget_s`). A
-    larger size is tried (one warm-up, one timed call) only while its estimated cost fits in what is left
-    of the budget, and the search stops at the first size slower per image than the best so far.
-    Call under torch.inference_mode() and the run's autocast."""
+    in increasing order. Batch 1 first, a warm-up call (allocation, kernel choice: seconds on a first
+    call) then a timed one, whose time sizes the budget: `budget_fraction` of the planned work, at most
+    `max_budget_s`. A larger size is tried (one warm-up, one timed call) only while its estimated cost fits
+    in what is left of the budget, and the search stops at the first size slower per image than the best
+    so far. Call under torch.inference_mode() and the run's autocast."""
+    forward_at(1)
     started = time.perf_counter()
-    first = _timed(forward_at, 1, device)
-    budget = min(max_budget_s, budget_fraction * planned_images * first)
-    timings = {1: first}
-    if time.perf_counter() - started + first <= budget:
-        timings[1] = min(first, _timed(forward_at, 1, device))
+    timings = {1: _timed(forward_at, 1, device)}
+    budget = min(max_budget_s, budget_fraction * planned_images * timings[1])
     for size in sorted(set(candidates) - {1}):
         estimated = 2 * size * min(timings.values())
         if time.perf_counter() - started + estimated > budget:
@@ -125,8 +123,11 @@ def _synchronize(device: torch.device) -> None:
 
 def eight_bit_distance(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     """How far `candidate` is from `reference` once both are written as 8-bit images (what a user
-    gets): relative L2 of the 0–255 levels, and the largest difference in levels."""
+    gets): relative L2 of the 0–255 levels, the largest difference in levels, and the share of values
+    more than 2 levels apart (the largest difference alone is one pixel's story)."""
     ref = (reference.float().clamp(0, 1) * 255).round().double()
     got = (candidate.float().clamp(0, 1) * 255).round().double()
+    difference = (got - ref).abs()
     return {"relative_l2": float((got - ref).norm() / ref.norm().clamp_min(1e-12)),
-            "max_abs_levels": float((got - ref).abs().max())}
+            "max_abs_levels": float(difference.max()),
+            "share_over_2_levels": float((difference > 2).double().mean())}
