@@ -196,3 +196,29 @@ def test_the_actor_runs_bf16_close_to_fp32(tiny_bundle):
     assert outputs["bf16"].dtype == np.float32
     distance = eight_bit_distance(torch.from_numpy(outputs["fp32"]), torch.from_numpy(outputs["bf16"]))
     assert 0 < distance["relative_l2"] < 0.05
+
+
+def test_auto_leaves_a_small_run_uncompiled(tiny_bundle, tmp_path):
+    payload = load_payload(resolve_model(str(tiny_bundle)))
+    execution = ExecutionSettings(compile="auto", batch_size=1, planned_images=2, compile_cache_dir=str(tmp_path))
+    stage = ModelStage(payload, "fused", None, 1, False, False, execution=execution)
+    # Two images of a tiny model save far less than the 90 s a compile is estimated to cost.
+    assert stage.runner.target is stage.model and stage.batch_size == 1
+    assert not (tmp_path / "ugpnet-compile-records.json").exists()
+
+
+@pytest.mark.slow
+def test_compiling_keeps_the_outputs_and_fills_the_persistent_cache(tmp_path, monkeypatch):
+    from ugpnet.compiled import compile_module, use_cache_dir
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE"):
+        monkeypatch.setenv(name, "")  # restored after the test: the cache dir is this test's own
+    monkeypatch.delenv("TORCHINDUCTOR_FX_GRAPH_CACHE")
+    cache = use_cache_dir(tmp_path / "inductor")
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LeakyReLU(0.2)).eval()
+    inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = module(inputs)
+        compiled = compile_module(module)(inputs)
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+    assert any(path.is_file() for path in cache.rglob("*"))  # later processes find the compiled kernels here
