@@ -159,6 +159,17 @@ def test_fp16_without_a_gpu_is_a_config_error():
     assert RestoreConfig(input="in", output="out").validate().batch_size is None  # measured by default
 
 
+def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
+    from pipelines.evaluate import EvaluateConfig
+
+    common = dict(data="in", task="denoise", report="out")
+    assert EvaluateConfig(**common, precision="bf16").validate().precision == "bf16"
+    with pytest.raises(ConfigError, match="'precision'"):
+        EvaluateConfig(**common, precision="fp64").validate()
+    with pytest.raises(ConfigError, match="'precision'.*fp16 runs only on CUDA"):
+        EvaluateConfig(**common, precision="fp16", gpus_per_actor=0).validate()
+
+
 # ---------------------------------------------------------------- the model actor
 
 def _pending_batch(count: int, size: int) -> dict:
