@@ -275,7 +275,8 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
 
 RESTORE_FLAGS = (("--fit", str), ("--stages", str), ("--actors", str), ("--batch-size", int),
                  ("--gpus-per-actor", float), ("--cpus-per-actor", float), ("--cpus-per-task", float),
-                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float))
+                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float), ("--precision", str),
+                 ("--compile", str))
 
 
 def add_parsers(sub) -> None:

@@ -27,6 +27,7 @@ from pipelines import storage
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
 from pipelines.restore import (
     DEFAULT_EXTENSIONS,
+    PRECISIONS,
     ConfigError,
     _choice,
     _extensions,
@@ -61,6 +62,7 @@ class EvaluateConfig:
     grid_crop: int = 192                        # ground-truth pixels per grid panel (centre square, 1:1)
     actors: int = 1                             # model actors
     batch_size: int = 4                         # model-size tiles per forward pass
+    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16: CUDA only)
     gpus_per_actor: float | None = None         # None: 1 when the Ray cluster has GPUs, else 0
     cpus_per_actor: float = 0.5
     cpus_per_task: float = 0.5
@@ -92,8 +94,10 @@ class EvaluateConfig:
         _integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
         _integer("actors", self.actors, minimum=1)
         _integer("batch_size", self.batch_size, minimum=1)
+        _choice("precision", self.precision, PRECISIONS)
         if self.gpus_per_actor is not None:
             _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+            _check_fp16(self)
         _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.cpus_per_actor == 0 and not self.gpus_per_actor:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
@@ -261,6 +265,11 @@ def _check_lpips_files(config: EvaluateConfig) -> None:
         raise ConfigError("lpips_heads" if "head" in text.lower() else "vgg16", text) from err
 
 
+def _check_fp16(config: EvaluateConfig) -> None:
+    if config.precision == "fp16" and config.gpus_per_actor == 0:
+        raise ConfigError("precision", "fp16 runs only on CUDA and the model actors get no GPU; use bf16 or fp32")
+
+
 def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     import pyarrow as pa
     import ray
@@ -273,13 +282,14 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     try:
         if config.gpus_per_actor is None:  # GPU when present
             config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        _check_fp16(config)
         _check_resources(config, _actor_memory(model))
         settings = EvalSettings(
             run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,
             scale=model.scale, fit=config.fit, batch_size=config.batch_size, max_pixels=config.max_pixels,
             with_lpips="lpips" in config.metrics, vgg16=config.vgg16, lpips_heads=config.lpips_heads,
             grid_crop=config.grid_crop, report_root=report, s3=s3, model_ref=config.model,
-            model_version=model.model_version)
+            model_version=model.model_version, precision=config.precision)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / config.images_per_block)))
         dataset = dataset.map_batches(read_decode_degrade, fn_kwargs={"settings": settings}, batch_size=None,
                                       batch_format="numpy", num_cpus=config.cpus_per_task)
@@ -368,6 +378,7 @@ def add_parsers(sub) -> None:
     arg("--grid-crop", type=int, help="ground-truth pixels per grid panel, centre square (default: 192)")
     arg("--actors", type=int, help="model actors (default: 1)")
     arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
     arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")

@@ -33,6 +33,9 @@ from pipelines.done_markers import output_settings
 from pipelines.error_kinds import is_input_error
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # ugpnet.inference.PRECISIONS (not imported: it pulls in torch)
+COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
+
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
@@ -67,7 +70,11 @@ class RestoreConfig:
     fit: str = "resize"                         # resize | tile | error (see ugpnet.fitting)
     stages: str = "fused"                       # fused: one pool runs all modules; split: one pool per module
     actors: tuple[int, ...] = (1,)              # pool size; split: one for all pools or restoration,synthesis,fusion
-    batch_size: int = 4                         # model-size tiles per forward pass (and images per model call)
+    batch_size: int | None = None               # model-size tiles per forward pass (and images per model call);
+                                                #   None: the actor measures its device's best (see model_runtime)
+    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16 needs gpus_per_actor > 0: CUDA only)
+    compile: str = "off"                        # off | on | auto: torch.compile when the planned work amortises it
+    compile_cache_dir: str = ""                 # inductor cache on each actor's node; "" → ~/.cache/ugpnet/inductor
     gpus_per_actor: float = 0.0                 # fractional allowed; 0 on CPU
     cpus_per_actor: float = 0.5                 # Ray CPUs reserved per model actor
     cpus_per_task: float = 0.5                  # Ray CPUs reserved per read/decode or encode/write task
@@ -82,7 +89,7 @@ class RestoreConfig:
     tile_overlap: int | None = None             # input pixels; default input_size // 4
     max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
     max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
-    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * batch_size
+    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * images per model call
     run_id: str | None = None                   # default: UTC time + random suffix
     allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
     manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
@@ -105,9 +112,16 @@ class RestoreConfig:
         if len(self.actors) not in wanted:
             raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
                                         f"got {len(self.actors)}: {self.actors}")
-        _integer("batch_size", self.batch_size, minimum=1)
+        if self.batch_size is not None:
+            _integer("batch_size", self.batch_size, minimum=1)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_MODES)
+        if not isinstance(self.compile_cache_dir, str):
+            raise ConfigError("compile_cache_dir", f"must be a folder path, got {self.compile_cache_dir!r}")
         _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
         _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        if self.precision == "fp16" and self.gpus_per_actor == 0:
+            raise ConfigError("precision", "fp16 runs only on CUDA and gpus_per_actor is 0; on CPU use bf16 or fp32")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
         _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
@@ -456,21 +470,24 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
 
     from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
 
-    rows_per_block = config.rows_per_block or 2 * config.batch_size
+    rows_per_call = rows_per_model_call(config)
+    rows_per_block = config.rows_per_block or 2 * rows_per_call
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
     actor_memory = _actor_memory(model)
     # A re-run with nothing left to do starts no model actors; its rows only need recording.
-    pools = config.pool_sizes if any(row["status"] == PENDING for row in rows) else {}
+    pending = sum(row["status"] == PENDING for row in rows)
+    pools = config.pool_sizes if pending else {}
     for module, size in pools.items():
+        execution = execution_settings(config, planned_images=math.ceil(pending / size))
         dataset = dataset.map_batches(
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,
                                                    use_gpu=config.gpus_per_actor > 0,
-                                                   keep_intermediate=config.save_intermediate),
-            batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                                                   keep_intermediate=config.save_intermediate, execution=execution),
+            batch_size=rows_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                 size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
             # Reserving the model's memory also keeps Ray from fusing the CPU decode tasks into the
@@ -493,6 +510,25 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
                           try_create_dir=local)
     if local:
         storage.publish_local_folder(target, manifest_dir)
+
+
+def rows_per_model_call(config) -> int:
+    """Images per Ray Data batch given to a model actor: the batch size when set, else enough rows for
+    the largest batch the actor's measurement may pick on its device."""
+    from pipelines.model_runtime import AUTO_ROWS_PER_CALL
+
+    if config.batch_size:
+        return config.batch_size
+    return AUTO_ROWS_PER_CALL["gpu" if config.gpus_per_actor > 0 else "cpu"]
+
+
+def execution_settings(config, planned_images: int):
+    """How every model actor runs (precision, compile, batch size), from a restore or evaluate config."""
+    from pipelines.model_runtime import ExecutionSettings
+
+    return ExecutionSettings(precision=config.precision, compile=config.compile,
+                             compile_cache_dir=config.compile_cache_dir, batch_size=config.batch_size,
+                             planned_images=max(1, planned_images))
 
 
 def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
@@ -524,7 +560,12 @@ def add_parsers(sub) -> None:
     arg("--fit", choices=("resize", "tile", "error"), help="how any image size meets the model (default: resize)")
     arg("--stages", choices=STAGE_MODES, help="fused: one actor pool; split: one pool per module (default: fused)")
     arg("--actors", help="actors per pool; split mode also takes R,S,F (default: 1)")
-    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: measured per device when "
+                                       "each actor starts; on CPU never slower per image than 1)")
+    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
+    arg("--compile", choices=COMPILE_MODES,
+        help="torch.compile the model: auto compiles when the planned images amortise it (default: off)")
+    arg("--compile-cache-dir", help="inductor cache folder on each actor's node (default: ~/.cache/ugpnet/inductor)")
     arg("--gpus-per-actor", type=float, help="GPUs per model actor, fractional allowed (default: 0)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--cpus-per-task", type=float, help="CPUs reserved per decode/encode task (default: 0.5)")
@@ -540,7 +581,7 @@ def add_parsers(sub) -> None:
     arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
     arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
     arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
-    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x batch size)")
+    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x images per model call)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
     arg("--allow-local-manifest-paths", action="store_true", default=None,
         help="let a manifest read from S3 name local files (default: such entries are error rows)")

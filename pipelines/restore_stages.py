@@ -174,18 +174,22 @@ class ModelStage:
     actor) or one of MODULES (split mode: a pool per module, features passed in the rows)."""
 
     def __init__(self, payload_ref, module: str, batch_size: int, threads: int, use_gpu: bool,
-                 keep_intermediate: bool):
+                 keep_intermediate: bool, execution=None):
         import ray
         import torch
 
+        from pipelines.model_runtime import ExecutionSettings, ModuleRunner
+
         if module not in ("fused", *MODULES):
             raise ValueError(f"unknown model module {module!r}")
+        # The object store hands every actor the same bytes: one copy per node, no shared disk needed.
         payload = ray.get(payload_ref) if isinstance(payload_ref, ray.ObjectRef) else payload_ref
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
         self.model = build_model(payload, self.device)
-        self.module, self.batch_size, self.keep_intermediate = module, batch_size, keep_intermediate
+        del payload  # the weights now live in the module; the bytes are not needed again
+        self.module, self.keep_intermediate = module, keep_intermediate
         generator, size = self.model.synmodule.generator, self.model.preset.resolution
         # Shapes of the empty arrays that error/skipped rows carry in each output column.
         self._empty = {"restoration_feature": (0, self.model.preset.restoration_feature_channels, size, size),
@@ -197,6 +201,19 @@ class ModelStage:
             for name in ("resmodule", "synmodule", "fusmodule"):
                 if name != keep:
                     setattr(self.model, name, None)
+        execution = execution or ExecutionSettings(batch_size=batch_size)
+        self.runner = ModuleRunner(self.model, module, self.device, execution, self._input_shapes())
+        self.batch_size = self.runner.batch_size
+
+    def _input_shapes(self) -> list[tuple[int, ...]]:
+        """Per-tile shapes of this module's inputs (in _INPUTS order), for start-up measurements."""
+        preset = self.model.preset
+        tile = (3, preset.input_size, preset.input_size)
+        if self.module in ("fused", "restoration"):
+            return [tile]
+        if self.module == "synthesis":
+            return [self._empty_image[1:]]
+        return [self._empty["synthesis_feature"][1:], self._empty["restoration_feature"][1:]]
 
     # Which row columns a module reads and writes.
     _INPUTS = {"fused": ("tiles",), "restoration": ("tiles",), "synthesis": ("restored",),
@@ -218,20 +235,7 @@ class ModelStage:
         return dropped if self.keep_intermediate else (*dropped, "synthesized")
 
     def _run(self, *inputs):
-        import torch
-
-        inputs = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
-        model = self.model
-        if self.module == "fused":
-            result = model(*inputs, return_all=True)
-            outs = (result.fused, result.restored, result.synthesized) if self.keep_intermediate else (result.fused,)
-        elif self.module == "restoration":
-            outs = model.resmodule(*inputs)
-        elif self.module == "synthesis":
-            outs = model.synmodule(*inputs, randomize_noise=model.randomize_noise)
-        else:
-            outs = (model.fusmodule(*inputs),)
-        return [o.float().cpu().numpy() for o in outs]
+        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs))
 
     def __call__(self, batch: dict) -> dict:
         statuses = list(batch["status"])
@@ -307,7 +311,9 @@ def build_model(payload: dict, device):
 
     config = json.loads(payload["config"])
     model = UGPNet(Preset.from_dict(config["preset"]))
-    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}")
+    # assign: the module keeps the tensors just read from the bytes, no second full copy of the weights.
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}",
+                           assign=True)
     return model.to(device).eval()
 
 
