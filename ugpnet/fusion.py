@@ -3,6 +3,7 @@
 from torch import nn
 
 from ugpnet.archs.blocks import ResBlock, initialize_weights
+from ugpnet.fastpath import in_fast_layout, runs_fast
 
 
 class FusionNet(nn.Module):
@@ -15,4 +16,7 @@ class FusionNet(nn.Module):
 
     def forward(self, synthesis_feature, restoration_feature):
         """F_G (B,chan,S,S), F_R (B,width,S,S) → fused image (B,3,S,S), raw (no clamp)."""
+        if runs_fast(self):
+            merged = self.conv(in_fast_layout(self, synthesis_feature)).add_(restoration_feature)
+            return self.last(self.body(merged))
         return self.last(self.body(self.conv(synthesis_feature) + restoration_feature))

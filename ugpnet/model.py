@@ -11,6 +11,7 @@ from torch import nn
 
 from ugpnet.archs.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from ugpnet.backbones import get_backbone
+from ugpnet.fastpath import runs_fast
 from ugpnet.fitting import fit_and_run
 from ugpnet.fusion import FusionNet
 from ugpnet.presets import Preset, get_preset
@@ -84,13 +85,19 @@ class UGPNet(nn.Module):
                              f"got {tuple(lq.shape)} (use a fit policy: resize or tile)")
 
     def forward(self, lq, return_all=False, randomize_noise=None, compute_discarded=False):
-        """lq (B,3,s,s) in [0,1] → fused (B,3,S,S), or UGPNetOutput when `return_all`."""
+        """lq (B,3,s,s) in [0,1] → fused (B,3,S,S), or UGPNetOutput when `return_all`.
+
+        Without autograd this takes the fast path unless `ugpnet.set_fast(model, False)` chose the
+        reference path (ugpnet.fastpath); with autograd it is always the reference computation.
+        """
         self.check_input(lq)
         restored, restoration_feature = self.resmodule(lq)
         noise = self.randomize_noise if randomize_noise is None else randomize_noise
         synthesized, synthesis_feature = self.synmodule(restored, randomize_noise=noise,
                                                         compute_discarded=compute_discarded)
         fused = self.fusmodule(synthesis_feature, restoration_feature)
+        if runs_fast(self):  # the fast path may run channels_last inside; callers get plain NCHW
+            restored, synthesized, fused = (t.contiguous() for t in (restored, synthesized, fused))
         return UGPNetOutput(restored, synthesized, fused) if return_all else fused
 
     def restore(self, image, fit="resize", batch_size=4, return_all=False, tile_overlap=None):

@@ -9,6 +9,7 @@ is the restoration module (keys `resmodule.conv_first.*`).
 from torch import nn
 
 from ugpnet.archs.blocks import ConvBlock, ToImage, initialize_weights
+from ugpnet.fastpath import in_fast_layout, runs_fast
 
 
 class ResidualEncoder(nn.Module):
@@ -22,7 +23,10 @@ class ResidualEncoder(nn.Module):
         initialize_weights(self)
 
     def forward(self, lq, regression_feature):
-        feature = regression_feature + self.input_encoder(lq)
+        if runs_fast(self):
+            feature = self.input_encoder(in_fast_layout(self, lq)).add_(regression_feature)
+        else:
+            feature = regression_feature + self.input_encoder(lq)
         for block in self.merge_decoder:
             feature = block(feature)
         return self.to_img(feature), feature

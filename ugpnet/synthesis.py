@@ -12,6 +12,7 @@ from torch import nn
 
 from ugpnet.archs.blocks import ConvBlock, initialize_weights
 from ugpnet.archs.stylegan2 import StyleGAN2Generator
+from ugpnet.fastpath import in_fast_layout, runs_fast
 
 # Fencoder output channels keyed by the resolution a block starts from (official table).
 FENCODER_CHANNELS = {1024: 8, 512: 16, 256: 32, 128: 64, 64: 128, 32: 256, 16: 512, 8: 512}
@@ -86,8 +87,11 @@ class SynModule(nn.Module):
 
     def forward(self, restored, randomize_noise=False, compute_discarded=False):
         """restored (B,3,S,S) in [0,1] → (synthesized (B,3,S,S) ≈[0,1], F_G (B,C,S,S))."""
-        basecode, tap = self.fencoder(restored)
+        fast = runs_fast(self)
+        basecode, tap = self.fencoder(in_fast_layout(self.fencoder, restored) if fast else restored)
         codes = self.wmodule(tap)
+        if fast:
+            basecode = in_fast_layout(self.generator, basecode)
         image, feature = self.generator(codes, basecode, randomize_noise=randomize_noise,
                                         compute_discarded=compute_discarded)
         return (image + 1) / 2, feature

@@ -5,6 +5,8 @@ import math
 from torch import nn
 from torch.nn import functional as F
 
+from ugpnet.fastpath import runs_fast
+
 
 class ConvBlock(nn.Module):
     """Three 3×3 convs, each followed by [BatchNorm] and LeakyReLU(0.2); optional average-pool down."""
@@ -18,11 +20,12 @@ class ConvBlock(nn.Module):
         self.down, self.downscale = down, downscale
 
     def forward(self, x):
+        activate = F.leaky_relu_ if runs_fast(self) else F.leaky_relu
         for i, conv in enumerate(self.conv):
             x = conv(x)
             if hasattr(self, "bn"):
                 x = self.bn[i](x)
-            x = F.leaky_relu(x, 0.2)
+            x = activate(x, 0.2)
         if self.down:
             x = F.avg_pool2d(x, self.downscale)
         return x
@@ -37,6 +40,9 @@ class ResBlock(nn.Module):
                                   nn.Conv2d(n_filters, n_filters, 3, 1, 1))
 
     def forward(self, x):
+        if runs_fast(self):
+            conv1, _, conv2 = self.body
+            return F.relu_(conv2(F.relu_(conv1(x))).add_(x))
         return F.relu(self.body(x) + x)
 
 
@@ -48,6 +54,8 @@ class ToImage(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(in_channels, 3, 3, 1, 1), nn.LeakyReLU(0.2))
 
     def forward(self, x):
+        if runs_fast(self):
+            return F.leaky_relu_(self.body[0](x), 0.2)
         return self.body(x)
 
 

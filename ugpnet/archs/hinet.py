@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ugpnet.archs.blocks import pad_to_multiple
+from ugpnet.fastpath import in_fast_layout, runs_fast
 
 
 class UNetConvBlock(nn.Module):
@@ -32,10 +33,16 @@ class UNetConvBlock(nn.Module):
         if hasattr(self, "norm"):
             normed_half, kept_half = out.chunk(2, dim=1)
             out = torch.cat([self.norm(normed_half), kept_half], dim=1)
-        out = F.leaky_relu(out, self.relu_slope)
-        out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
-        if enc is not None and dec is not None:
-            out = out + self.csff_enc(enc) + self.csff_dec(dec)
+        if runs_fast(self):
+            out = F.leaky_relu_(self.conv_2(F.leaky_relu_(out, self.relu_slope)), self.relu_slope)
+            out = out.add_(self.identity(x))
+            if enc is not None and dec is not None:
+                out = out.add_(self.csff_enc(enc)).add_(self.csff_dec(dec))
+        else:
+            out = F.leaky_relu(out, self.relu_slope)
+            out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
+            if enc is not None and dec is not None:
+                out = out + self.csff_enc(enc) + self.csff_dec(dec)
         if hasattr(self, "downsample"):
             return self.downsample(out), out
         return out
@@ -99,7 +106,8 @@ class HINet(nn.Module):
 
     def forward(self, image):
         """Returns the stage-2 decoder feature (B, wf, H, W) for any H×W."""
-        image, (h, w) = pad_to_multiple(image, self.padder_size)
+        image, (h, w) = pad_to_multiple(in_fast_layout(self, image) if runs_fast(self) else image,
+                                        self.padder_size)
         x1 = self.conv_01(image)
         encs, decs = [], []
         for i, down in enumerate(self.down_path_1):

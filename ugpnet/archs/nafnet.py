@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ugpnet.archs.blocks import pad_to_multiple
+from ugpnet.fastpath import CHANNELS_LAST, in_fast_layout, runs_fast
 
 
 class LayerNorm2d(nn.Module):
@@ -21,10 +22,21 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        if runs_fast(self):
+            return self._forward_fast(x)
         mu = x.mean(1, keepdim=True)
         var = (x - mu).pow(2).mean(1, keepdim=True)
         y = (x - mu) / (var + self.eps).sqrt()
         return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
+
+    def _forward_fast(self, x):
+        # channels_last is (B,H,W,C) in memory: one fused layer_norm over the last axis, no copies.
+        if x.is_contiguous(memory_format=CHANNELS_LAST):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
+        var, mu = torch.var_mean(x, 1, correction=0, keepdim=True)
+        y = (x - mu).mul_(torch.rsqrt(var.add_(self.eps)))
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), y, self.weight.view(1, -1, 1, 1))
 
 
 class SimpleGate(nn.Module):
@@ -73,11 +85,20 @@ class NAFBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 
     def forward(self, inp):
+        if runs_fast(self):
+            return self._forward_fast(inp)
         x = self.sg(self.conv2(self.conv1(self.norm1(inp))))
         x = self.conv3(x * self.sca(x))
         y = inp + x * self.beta
         x = self.conv5(self.sg(self.conv4(self.norm2(y))))
         return y + x * self.gamma
+
+    def _forward_fast(self, inp):
+        x = self.sg(self.conv2(self.conv1(self.norm1(inp))))
+        x = self.conv3(x.mul_(self.sca(x)))
+        y = torch.addcmul(inp, x, self.beta)
+        x = self.conv5(self.sg(self.conv4(self.norm2(y))))
+        return x.mul_(self.gamma).add_(y)
 
 
 class NAFNet(nn.Module):
@@ -105,7 +126,7 @@ class NAFNet(nn.Module):
 
     def forward(self, inp):
         """Returns the last decoder feature (B, width, H, W) for any H×W."""
-        x, (h, w) = pad_to_multiple(inp, self.padder_size)
+        x, (h, w) = pad_to_multiple(in_fast_layout(self, inp) if runs_fast(self) else inp, self.padder_size)
         x = self.intro(x)
         skips = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):

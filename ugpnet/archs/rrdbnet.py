@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ugpnet.fastpath import in_fast_layout, runs_fast
+
 
 class ResidualDenseBlock(nn.Module):
     def __init__(self, num_feat=64, num_grow_ch=32):
@@ -18,9 +20,13 @@ class ResidualDenseBlock(nn.Module):
         self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
 
     def forward(self, x):
+        fast = runs_fast(self)
+        activate = F.leaky_relu_ if fast else F.leaky_relu
         feats = [x]
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+            feats.append(activate(conv(torch.cat(feats, 1)), 0.2))
+        if fast:
+            return torch.add(x, self.conv5(torch.cat(feats, 1)), alpha=0.2)
         return self.conv5(torch.cat(feats, 1)) * 0.2 + x
 
 
@@ -32,6 +38,8 @@ class RRDB(nn.Module):
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
 
     def forward(self, x):
+        if runs_fast(self):
+            return torch.add(x, self.rdb3(self.rdb2(self.rdb1(x))), alpha=0.2)
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
 
@@ -52,9 +60,11 @@ class RRDBNetX8(nn.Module):
 
     def forward(self, x):
         """x: (B,3,h,w) in [0,1] → (image (B,3,8h,8w), feature (B,num_feat,8h,8w))."""
-        feat = self.conv_first(x)
+        fast = runs_fast(self)
+        activate = F.leaky_relu_ if fast else F.leaky_relu
+        feat = self.conv_first(in_fast_layout(self, x) if fast else x)
         feat = feat + self.conv_body(self.body(feat))
         for conv in (self.conv_up1, self.conv_up2, self.conv_up3):
-            feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-        feat = F.leaky_relu(self.conv_hr(feat), 0.2)
+            feat = activate(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
+        feat = activate(self.conv_hr(feat), 0.2)
         return self.conv_last(feat), feat

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ugpnet.ops import fused_leaky_relu, make_resample_kernel, upfirdn2d
+from ugpnet.fastpath import runs_fast
+from ugpnet.ops import fused_leaky_relu, fused_leaky_relu_, make_resample_kernel, upfirdn2d, upfirdn2d_depthwise
 
 RESAMPLE_KERNEL = (1, 3, 3, 1)
 
@@ -33,6 +34,8 @@ class FirFilter(nn.Module):
         self.up, self.down, self.pad = up, down, pad
 
     def forward(self, x):
+        if runs_fast(self) and self.up == 1:
+            return upfirdn2d_depthwise(x, self.kernel, down=self.down, pad=self.pad)
         return upfirdn2d(x, self.kernel, up=self.up, down=self.down, pad=self.pad)
 
 
@@ -91,6 +94,8 @@ class FusedLeakyReLU(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
+        if runs_fast(self):
+            return fused_leaky_relu_(x, self.bias)
         return fused_leaky_relu(x, self.bias)
 
 
@@ -110,6 +115,12 @@ class ModulatedConv2d(nn.Module):
             self.smooth = blur_after_transposed_conv(resample_kernel, kernel_size)
 
     def forward(self, x, style):
+        if runs_fast(self):
+            return self._forward_fast(x, style)
+        return self._forward_reference(x, style)
+
+    def _forward_reference(self, x, style):
+        """The official layout: per-sample 5-D weights and one grouped conv over the batch."""
         b, c, h, w = x.shape
         k = self.kernel_size
         style = self.modulation(style).view(b, 1, c, 1, 1)
@@ -128,6 +139,35 @@ class ModulatedConv2d(nn.Module):
             out = out.view(b, self.out_channels, *out.shape[2:])
         return out
 
+    def _forward_fast(self, x, style):
+        """The same function with one shared 4-D weight, so the conv is a plain (channels_last) conv.
+
+        conv(x, W·s·d) = d·conv(x·s, W) for a per-input-channel style s and per-output-channel
+        demodulation d. Batch 1 folds s and d into the weight (cheap: no activation is scaled);
+        larger batches scale the input and the output instead of building per-sample weights.
+        """
+        b = x.shape[0]
+        style = self.modulation(style)  # (b, in)
+        weight = self.weight[0] * self.scale  # (out, in, k, k)
+        demod = None
+        if self.demodulate:  # Σ_{i,k}(W[o,i,k]·s[i])² = Σ_i s[i]²·Σ_k W[o,i,k]²
+            demod = torch.rsqrt(style.square() @ weight.square().sum([2, 3]).t() + self.eps)  # (b, out)
+        if b == 1:
+            weight = weight * style.view(1, -1, 1, 1)
+            if demod is not None:
+                weight = weight * demod.view(-1, 1, 1, 1)
+            out = self._conv(x, weight)
+        else:
+            out = self._conv(x * style.view(b, -1, 1, 1), weight)
+            if demod is not None:
+                out = out.mul_(demod.view(b, -1, 1, 1))
+        return self.smooth(out) if self.upsample else out
+
+    def _conv(self, x, weight):
+        if self.upsample:  # the smoothing is per channel, so demodulating before it is the same
+            return F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        return F.conv2d(x, weight, padding=self.padding)
+
 
 class StyleConv(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, num_style_feat, upsample=False,
@@ -143,6 +183,8 @@ class StyleConv(nn.Module):
         out = self.modulated_conv(x, style)
         if noise is None:
             noise = out.new_empty(out.shape[0], 1, *out.shape[2:]).normal_()
+        if runs_fast(self):
+            return self.activate(out.add_(self.weight * noise))
         return self.activate(out + self.weight * noise)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ugpnet.archs.blocks import pad_to_multiple
+from ugpnet.fastpath import in_fast_layout, runs_fast
 
 
 class DoubleConv(nn.Sequential):
@@ -36,7 +37,7 @@ class UNet(nn.Module):
         return ["ending.weight", "ending.bias"]
 
     def forward(self, inp):
-        x, (h, w) = pad_to_multiple(inp, self.padder_size)
+        x, (h, w) = pad_to_multiple(in_fast_layout(self, inp) if runs_fast(self) else inp, self.padder_size)
         x = F.leaky_relu(self.intro(x), 0.2)
         skips = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):
