@@ -243,6 +243,19 @@ def _check_lpips_files(config: EvaluateConfig) -> None:
         raise ConfigError("lpips_heads" if "head" in text.lower() else "vgg16", text) from err
 
 
+def _check_reachable(config: EvaluateConfig, rows: list[dict], report: storage.Location) -> None:
+    """Local data, report folder or LPIPS files the cluster's other nodes cannot see are refused."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    fields = {"data": next((r["input_uri"] for r in rows if "://" not in r["input_uri"]), None),
+              "report": report.uri if report.spec.scheme == "local" else None,
+              "vgg16": config.vgg16, "lpips_heads": config.lpips_heads}
+    try:
+        check_local_paths(local_paths(fields, outputs=("report",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, str(err).split(": ", 1)[1]) from err
+
+
 def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     import pyarrow as pa
     import ray
@@ -255,6 +268,7 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     try:
         if config.gpus_per_actor is None:  # GPU when present
             config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        _check_reachable(config, rows, report)
         _check_resources(config, _actor_memory(model))
         settings = EvalSettings(
             run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,

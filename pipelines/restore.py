@@ -257,6 +257,7 @@ def run(config: RestoreConfig) -> RunSummary:
 
         started_ray = _ensure_ray()
         try:
+            check_reachable_inputs(output, items)
             _check_resources(config, _actor_memory(model))
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
@@ -287,6 +288,19 @@ def _location(name: str, uri: str, s3: storage.StorageSpec) -> storage.Location:
         return storage.resolve(uri, s3)
     except storage.StorageError as err:
         raise ConfigError(name, str(err)) from err
+
+
+def check_reachable_inputs(output: storage.Location, items) -> None:
+    """Local inputs or outputs that the cluster's other nodes cannot see are refused (one probe task per
+    node; nothing on a single node). One local input file stands for the rest (a manifest can list files)."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    local_input = next((item.input_uri for item in items if "://" not in item.input_uri), None)
+    fields = {"input": local_input, "output": output.uri if output.spec.scheme == "local" else None}
+    try:
+        check_local_paths(local_paths(fields, outputs=("output",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, str(err).split(": ", 1)[1]) from err
 
 
 def _check_output_root(output: storage.Location) -> None:
