@@ -26,7 +26,7 @@ class LocalPathError(ValueError):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.reason = field, message
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,19 @@ def check_local_paths(paths: list[LocalPath]) -> None:
         return
     for local in paths:
         _check_one(local, nodes)
+
+
+def check_on_named_cluster(paths: list[LocalPath]) -> None:
+    """For a verb that plans before it starts Ray: when RAY_ADDRESS names a cluster (the only way to
+    reach several nodes), connect now and check, so a refusal comes before any planning or lease.
+    A Ray this process would start itself is a single node: nothing to check."""
+    if not paths or not os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    check_local_paths(paths)
 
 
 def _check_one(local: LocalPath, nodes: list[str]) -> None:

@@ -253,7 +253,7 @@ def _check_reachable(config: EvaluateConfig, rows: list[dict], report: storage.L
     try:
         check_local_paths(local_paths(fields, outputs=("report",)))
     except LocalPathError as err:
-        raise ConfigError(err.field, str(err).split(": ", 1)[1]) from err
+        raise ConfigError(err.field, err.reason) from err
 
 
 def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):

@@ -300,7 +300,7 @@ def check_reachable_inputs(output: storage.Location, items) -> None:
     try:
         check_local_paths(local_paths(fields, outputs=("output",)))
     except LocalPathError as err:
-        raise ConfigError(err.field, str(err).split(": ", 1)[1]) from err
+        raise ConfigError(err.field, err.reason) from err
 
 
 def _check_output_root(output: storage.Location) -> None:
