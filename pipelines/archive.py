@@ -184,6 +184,7 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     run_id = config.run_id or f"archive-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     s3 = storage.s3_spec_from_env()
     source, dest, state_root = (storage.resolve(getattr(config, n), s3) for n in ("source", "dest", "state"))
+    _check_reachable(source, dest)
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
@@ -212,6 +213,17 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     summary.duration_s = round(time.perf_counter() - started, 3)
     print(summary.line(), flush=True)
     return summary
+
+
+def _check_reachable(source, dest) -> None:
+    """Local source or dest folders that another node of the cluster cannot see: refused before the lease."""
+    from pipelines.cluster_paths import LocalPathError, check_on_named_cluster, local_paths
+
+    fields = {name: loc.uri for name, loc in (("source", source), ("dest", dest)) if loc.spec.scheme == "local"}
+    try:
+        check_on_named_cluster(local_paths(fields, outputs=("dest",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
 
 
 def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":

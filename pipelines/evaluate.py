@@ -270,6 +270,19 @@ def _check_fp16(config: EvaluateConfig) -> None:
         raise ConfigError("precision", "fp16 runs only on CUDA and the model actors get no GPU; use bf16 or fp32")
 
 
+def _check_reachable(config: EvaluateConfig, rows: list[dict], report: storage.Location) -> None:
+    """Local data, report folder or LPIPS files the cluster's other nodes cannot see are refused."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    fields = {"data": next((r["input_uri"] for r in rows if "://" not in r["input_uri"]), None),
+              "report": report.uri if report.spec.scheme == "local" else None,
+              "vgg16": config.vgg16, "lpips_heads": config.lpips_heads}
+    try:
+        check_local_paths(local_paths(fields, outputs=("report",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
+
+
 def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     import pyarrow as pa
     import ray
@@ -283,6 +296,7 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
         if config.gpus_per_actor is None:  # GPU when present
             config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         _check_fp16(config)
+        _check_reachable(config, rows, report)
         _check_resources(config, _actor_memory(model))
         settings = EvalSettings(
             run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,

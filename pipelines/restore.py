@@ -349,6 +349,7 @@ def run(config: RestoreConfig) -> RunSummary:
 
         started_ray = _ensure_ray()
         try:
+            check_reachable_inputs(output, items)
             _check_resources(config, _actor_memory(model))
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
@@ -392,6 +393,19 @@ def refuse_entries_under(output: storage.Location, output_name: str, items, inpu
             storage.disjoint_roots(output, output_name, {f"manifest entry {number}": storage.resolve(item.input_uri)})
         except storage.StorageError as err:
             raise ConfigError(input_name, str(err)) from err
+
+
+def check_reachable_inputs(output: storage.Location, items) -> None:
+    """Local inputs or outputs that the cluster's other nodes cannot see are refused (one probe task per
+    node; nothing on a single node). One local input file stands for the rest (a manifest can list files)."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    local_input = next((item.input_uri for item in items if "://" not in item.input_uri), None)
+    fields = {"input": local_input, "output": output.uri if output.spec.scheme == "local" else None}
+    try:
+        check_local_paths(local_paths(fields, outputs=("output",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
 
 
 def _check_output_root(output: storage.Location) -> None:
