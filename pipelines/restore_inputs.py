@@ -72,8 +72,11 @@ def _file_paths(source: storage.Location) -> list[str]:
     that are not UTF-8 (as surrogate escapes), where pyarrow's listing fails on the whole folder."""
     if source.spec.scheme != "local":
         return [file.path for file in storage.list_files(source)]
+    def unreadable(error: OSError) -> None:  # os.walk would skip the folder silently: its inputs lost
+        raise error
+
     paths = []
-    for directory, _, names in os.walk(source.path):
+    for directory, _, names in os.walk(source.path, onerror=unreadable):
         paths.extend(os.path.join(directory, name) for name in names
                      if os.path.isfile(os.path.join(directory, name)))
     return paths
