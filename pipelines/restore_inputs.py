@@ -80,8 +80,12 @@ def _file_paths(source: storage.Location) -> list[tuple[str, int | None, int | N
     listing fails on the whole folder."""
     if source.spec.scheme != "local":
         return [(file.path, file.size, file.mtime_ns) for file in storage.list_files(source)]
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip the folder silently: its inputs lost
+        raise error
+
     files = []
-    for directory, _, names in os.walk(source.path):
+    for directory, _, names in os.walk(source.path, onerror=unreadable):
         for name in names:
             path = os.path.join(directory, name)
             if os.path.isfile(path):

@@ -118,6 +118,8 @@ def resolve(uri: str, s3: StorageSpec | None = None) -> Location:
     text = str(uri).strip()
     if not text:
         raise StorageError("empty path")
+    if not is_utf8(text):  # pyarrow cannot name such a path at all
+        raise StorageError(f"path {printable(text)!r} is not valid UTF-8")
     scheme, sep, rest = text.partition("://")
     if not sep:
         if text.startswith("file:"):

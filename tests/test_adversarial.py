@@ -289,6 +289,12 @@ def test_a_file_name_that_is_not_utf8_is_one_error_row(tmp_path):
                     f"{tmp_path}/in/ok.png": ("pending", "", "ok.png")}
 
 
+def test_a_single_input_file_whose_name_is_not_utf8_is_refused(tmp_path, no_ray, capsys):
+    path = write(Path(os.fsdecode(os.fsencode(tmp_path) + b"/a\xff.png")), b"png")
+    status, err = run_cli(["restore", "--input", path, "--output", tmp_path / "out", "--model", MODEL], capsys)
+    assert status == 2 and "config field 'input'" in err and "is not valid UTF-8" in err, err
+
+
 def test_a_file_name_with_a_newline_is_one_error_row(tmp_path):
     write(tmp_path / "in" / "new\nline.png", b"png")
     rows = planned(str(tmp_path / "in"), str(tmp_path / "out"))
