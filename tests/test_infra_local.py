@@ -123,3 +123,31 @@ def test_down_stops_the_recorded_processes_and_their_children_and_no_client_of_a
         kill_processes([ours.pid, *descendants(ours.pid), *(p.pid for p in foreign)])
         for process in (ours, *foreign):
             process.wait(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_up_records_the_ray_client_server_of_its_own_head_and_no_other(tmp_path):
+    import importlib.util
+
+    from services import free_port, wait_for
+
+    spec = importlib.util.spec_from_file_location("local_services", ROOT / "infra" / "local" / "local_services.py")
+    local_services = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local_services)
+    gcs_port, client_port = free_port(), free_port()
+
+    def client_server(address: str, port: int) -> subprocess.Popen:  # the arguments Ray gives its client server
+        return subprocess.Popen([sys.executable, "-c", SLEEPER, "-m", "ray.util.client.server", f"--address={address}",
+                                 "--host=127.0.0.1", f"--port={port}", "--mode=proxy"], start_new_session=True)
+
+    ours = client_server(f"127.0.0.1:{gcs_port}", client_port)
+    others = [client_server(f"10.20.30.40:{gcs_port}", client_port), client_server(f"127.0.0.1:{gcs_port}", 1)]
+    try:
+        wait_for(lambda: all(b"--mode=proxy" in Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in [ours, *others]),
+                 timeout_s=30, what="the stand-ins to exec")
+        found = local_services.ray_processes(str(tmp_path / "no-such-temp-dir"), gcs_port, client_port)
+        assert found == [ours.pid]
+    finally:
+        kill_processes([p.pid for p in (ours, *others)])
+        for process in (ours, *others):
+            process.wait(timeout=10)

@@ -58,6 +58,7 @@ def test_restore_of_200_images_through_10_percent_transient_s3_faults(s3_buckets
                        "--batch-size", "8", "--run-id", "faults"])
     out = capsys.readouterr().out
     proxy.heal()
+    print(f"fault proxy: {proxy.requests} requests, faults injected {dict(proxy.injected)}")  # shown by -rP
 
     assert status == 0, out[-3000:]
     assert f"restore faults: {IMAGES} ok, 0 error, 0 skipped of {IMAGES} inputs" in out
