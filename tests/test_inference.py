@@ -159,6 +159,18 @@ def test_fp16_without_a_gpu_is_a_config_error():
     assert RestoreConfig(input="in", output="out").validate().batch_size is None  # measured by default
 
 
+def test_the_driver_hands_every_actor_its_execution_settings():
+    from pipelines.restore import execution_settings, rows_per_model_call
+
+    config = RestoreConfig(input="in", output="out", precision="bf16", compile="auto").validate()
+    settings = execution_settings(config, planned_images=250)
+    assert (settings.precision, settings.compile, settings.batch_size, settings.planned_images) == (
+        "bf16", "auto", None, 250)
+    assert rows_per_model_call(config) == 4  # measured batch on CPU: up to 4 per call
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", gpus_per_actor=0.5).validate()) == 8
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate()) == 3
+
+
 def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
     from pipelines.evaluate import EvaluateConfig
 
