@@ -171,6 +171,20 @@ def test_the_driver_hands_every_actor_its_execution_settings():
     assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate()) == 3
 
 
+def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys):
+    from pipelines import cli
+    from pipelines.restore import config_from_args
+
+    args = cli.build_parser().parse_args(["restore", "--input", "in", "--output", "out", "--precision", "bf16",
+                                          "--compile", "auto", "--compile-cache-dir", str(tmp_path)])
+    config = config_from_args(args)
+    assert (config.precision, config.compile, config.compile_cache_dir) == ("bf16", "auto", str(tmp_path))
+    base = ["archive", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dst"), "--state",
+            str(tmp_path / "state"), "--model", "preset:tiny_denoise", "--dry-run"]
+    assert cli.main([*base, "--precision", "fp16"]) == 2  # no GPU asked for: refused before any work
+    assert "'restore.precision'" in capsys.readouterr().err
+
+
 def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
     from pipelines.evaluate import EvaluateConfig
 
