@@ -87,6 +87,20 @@ def test_measuring_a_large_run_tries_larger_batches():
     assert set(calls) == set(timings)
 
 
+def test_a_batch_that_does_not_fit_ends_the_search():
+    tried = []
+
+    def forward_at(size):
+        tried.append(size)
+        if size >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (raised here as a device would)")
+        return torch.zeros(size)
+
+    timings = measure_batch_sizes(forward_at, CPU, candidates=(1, 2, 4, 8), planned_images=10**9)
+    assert list(timings) == [1] and pick_batch_size(timings) == 1
+    assert tried == [1, 1, 2]  # batch 2 was tried, failed, and nothing larger was
+
+
 # ---------------------------------------------------------------- precision and copies
 
 def test_fp16_is_refused_on_cpu_and_bf16_runs_there():
