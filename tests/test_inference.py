@@ -165,6 +165,15 @@ def test_a_bad_execution_field_is_named(field, value):
         RestoreConfig(input="in", output="out", **{field: value}).validate()
 
 
+def test_the_config_choices_are_the_library_ones():
+    import pipelines.restore
+    import ugpnet.compiled
+    import ugpnet.inference
+
+    assert pipelines.restore.PRECISIONS == ugpnet.inference.PRECISIONS
+    assert pipelines.restore.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
+
+
 def test_fp16_without_a_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="'precision'.*fp16 runs only on CUDA") as caught:
         RestoreConfig(input="in", output="out", precision="fp16").validate()
