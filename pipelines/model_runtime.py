@@ -34,7 +34,8 @@ class ModuleRunner:
     batches: copies in (pinned, non-blocking on CUDA), forward under the precision's autocast, float32
     numpy out. `batch_size` is the one chosen for this actor."""
 
-    def __init__(self, model, module: str, device, execution: ExecutionSettings, input_shapes):
+    def __init__(self, model, module: str, device, execution: ExecutionSettings, input_shapes,
+                 keep_intermediate: bool = False):
         from ugpnet.inference import HostToDevice, check_precision
 
         check_precision(execution.precision, device.type)
@@ -43,6 +44,7 @@ class ModuleRunner:
         self.target = {"fused": model, "restoration": model.resmodule, "synthesis": model.synmodule,
                        "fusion": model.fusmodule}[module]
         self.input_shapes = input_shapes  # per input, without the batch dimension
+        self.keep_intermediate = keep_intermediate  # fused: also return restored and synthesized
         self.batch_size = execution.batch_size or self._measured_batch_size()
         if self._wants_compile():
             self._compile()
@@ -58,6 +60,8 @@ class ModuleRunner:
         with autocast(self.execution.precision, self.device):
             if self.module == "fused":
                 result = self.target(*inputs, return_all=True)
+                if not self.keep_intermediate:  # only what is kept is copied back to the host
+                    return (result.fused,)
                 return result.fused, result.restored, result.synthesized
             if self.module == "synthesis":
                 return self.target(*inputs, randomize_noise=self.model.randomize_noise)

@@ -537,7 +537,7 @@ def rows_per_model_call(config) -> int:
 
 
 def execution_settings(config, planned_images: int):
-    """How every model actor runs (precision, compile, batch size), from a restore or evaluate config."""
+    """How every model actor runs (precision, compile, batch size), from a restore config."""
     from pipelines.model_runtime import ExecutionSettings
 
     return ExecutionSettings(precision=config.precision, compile=config.compile,

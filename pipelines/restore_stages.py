@@ -202,7 +202,8 @@ class ModelStage:
                 if name != keep:
                     setattr(self.model, name, None)
         execution = execution or ExecutionSettings(batch_size=batch_size)
-        self.runner = ModuleRunner(self.model, module, self.device, execution, self._input_shapes())
+        self.runner = ModuleRunner(self.model, module, self.device, execution, self._input_shapes(),
+                                   keep_intermediate)
         self.batch_size = self.runner.batch_size
 
     def _input_shapes(self) -> list[tuple[int, ...]]:

@@ -87,6 +87,20 @@ def test_measuring_a_large_run_tries_larger_batches():
     assert set(calls) == set(timings)
 
 
+def test_a_batch_that_does_not_fit_ends_the_search():
+    tried = []
+
+    def forward_at(size):
+        tried.append(size)
+        if size >= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (raised here as a device would)")
+        return torch.zeros(size)
+
+    timings = measure_batch_sizes(forward_at, CPU, candidates=(1, 2, 4, 8), planned_images=10**9)
+    assert list(timings) == [1] and pick_batch_size(timings) == 1
+    assert tried == [1, 1, 2]  # batch 2 was tried, failed, and nothing larger was
+
+
 # ---------------------------------------------------------------- precision and copies
 
 def test_fp16_is_refused_on_cpu_and_bf16_runs_there():
@@ -151,12 +165,47 @@ def test_a_bad_execution_field_is_named(field, value):
         RestoreConfig(input="in", output="out", **{field: value}).validate()
 
 
+def test_the_config_choices_are_the_library_ones():
+    import pipelines.restore
+    import ugpnet.compiled
+    import ugpnet.inference
+
+    assert pipelines.restore.PRECISIONS == ugpnet.inference.PRECISIONS
+    assert pipelines.restore.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
+
+
 def test_fp16_without_a_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="'precision'.*fp16 runs only on CUDA") as caught:
         RestoreConfig(input="in", output="out", precision="fp16").validate()
     assert caught.value.field == "precision"
     assert RestoreConfig(input="in", output="out", precision="fp16", gpus_per_actor=0.5).validate()
     assert RestoreConfig(input="in", output="out").validate().batch_size is None  # measured by default
+
+
+def test_the_driver_hands_every_actor_its_execution_settings():
+    from pipelines.restore import execution_settings, rows_per_model_call
+
+    config = RestoreConfig(input="in", output="out", precision="bf16", compile="auto").validate()
+    settings = execution_settings(config, planned_images=250)
+    assert (settings.precision, settings.compile, settings.batch_size, settings.planned_images) == (
+        "bf16", "auto", None, 250)
+    assert rows_per_model_call(config) == 4  # measured batch on CPU: up to 4 per call
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", gpus_per_actor=0.5).validate()) == 8
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate()) == 3
+
+
+def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys):
+    from pipelines import cli
+    from pipelines.restore import config_from_args
+
+    args = cli.build_parser().parse_args(["restore", "--input", "in", "--output", "out", "--precision", "bf16",
+                                          "--compile", "auto", "--compile-cache-dir", str(tmp_path)])
+    config = config_from_args(args)
+    assert (config.precision, config.compile, config.compile_cache_dir) == ("bf16", "auto", str(tmp_path))
+    base = ["archive", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dst"), "--state",
+            str(tmp_path / "state"), "--model", "preset:tiny_denoise", "--dry-run"]
+    assert cli.main([*base, "--precision", "fp16"]) == 2  # no GPU asked for: refused before any work
+    assert "'restore.precision'" in capsys.readouterr().err
 
 
 def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():

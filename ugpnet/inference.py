@@ -93,8 +93,13 @@ def measure_batch_sizes(forward_at: Callable[[int], object], device: torch.devic
         estimated = 2 * size * min(timings.values())
         if time.perf_counter() - started + estimated > budget:
             break
-        forward_at(size)  # warm-up at this shape
-        timings[size] = _timed(forward_at, size, device) / size
+        try:
+            forward_at(size)  # warm-up at this shape
+            timings[size] = _timed(forward_at, size, device) / size
+        except torch.OutOfMemoryError:  # this size does not fit the device: the sizes measured so far do
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
         if timings[size] > min(timings.values()):
             break
     return timings
