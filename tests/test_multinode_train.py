@@ -1,6 +1,6 @@
 """`ugpnet train` on a two-node cluster whose nodes share nothing but S3 and the MLflow server
 (tests/multinode.py), submitted through the job server: 2 workers × 3 stages with the driver killed in
-stage 2 and the run resumed, registering `candidate`; restore with that candidate."""
+stage 2 and the run resumed, registering `candidate`; restore with that candidate; a SIGKILLed worker."""
 
 import json
 import os
@@ -129,3 +129,20 @@ def test_restore_with_the_registered_candidate(multinode_cluster, s3, trained):
     assert "restore candidate: 1 ok, 0 error" in logs, logs[-3000:]
     summary = json_object(s3, "mn-out", "candidate/_ugpnet/runs/candidate.json")
     assert summary["model"]["registry_version"].startswith(trained["model_name"] + "/")
+
+
+@pytest.mark.timeout(1500)
+def test_a_killed_training_worker_is_replaced_and_the_stage_completes(multinode_cluster, s3, training_data):
+    run_name = f"mn-failover-{uuid.uuid4().hex[:6]}"
+    job = multinode_cluster.submit(ugpnet("train", *TRAIN_FLAGS, "--run-name", run_name, "--workers", "2",
+                                          "--stage", "restoration", "--steps", "12", "--no-register"))
+    wait_for(while_job_runs(multinode_cluster, job, lambda: checkpoints(s3, run_name, "restoration")),
+             timeout_s=900, interval_s=2.0, what="a first checkpoint")
+    workers = wait_for(lambda: [pid for pid in multinode_cluster.worker_node_processes()
+                                if any("RayTrainWorker" in part for part in cmdline(pid))],
+                       timeout_s=60, what="a RayTrainWorker on the worker node")
+    os.kill(workers[0], signal.SIGKILL)
+    status, logs = multinode_cluster.wait(job, timeout_s=1200)
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert "RETRY" in logs, logs[-5000:]
+    assert f"runs/{run_name}/bundles/restoration/ugpnet.json" in keys(s3, "mn-runs", f"runs/{run_name}/bundles/")
