@@ -15,7 +15,9 @@ re-parented after their raylet died); `ray stop` is never used.
 By hand: `python tests/multinode.py up` starts it, prints the addresses and waits for Ctrl-C.
 """
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -226,6 +228,30 @@ class MultiNodeCluster:
 
     def worker_node_processes(self) -> list[int]:
         return self.worker.processes()
+
+
+# ---------------------------------------------------------------- helpers for tests on the cluster
+
+def ugpnet(*args: str) -> str:
+    """A `ugpnet …` job entrypoint."""
+    return shlex.join(["ugpnet", *args])
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def json_object(client, bucket: str, key: str) -> dict:
+    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def succeeded(cluster: MultiNodeCluster, entrypoint: str, timeout_s: float = 600) -> str:
+    """Run a job to the end; its logs, after checking it succeeded and leaked no secret."""
+    status, logs = cluster.run_job(entrypoint, timeout_s=timeout_s)
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert cluster.s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
+    return logs
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 (tests/multinode.py), submitted through the job server: 2 workers × 3 stages with the driver killed in
 stage 2 and the run resumed, registering `candidate`; restore with that candidate; a SIGKILLed worker."""
 
-import json
 import os
-import shlex
 import signal
 import uuid
 
 import mlflow
 import pytest
+from multinode import json_object, keys, succeeded, ugpnet
 from restore_samples import photo
 from services import cmdline, wait_for
 from train_helpers import photo_folder
@@ -22,26 +21,6 @@ TRAIN_FLAGS = ["--preset", "tiny_denoise", "--data", "s3://mn-train/photos", "--
                *[item for stage in ("restoration", "synthesis", "fusion")
                  for key in ("validation_interval", "checkpoint_interval")
                  for item in ("--set", f"hyperparams.{stage}.{key}=2")]]
-
-
-def ugpnet(*args: str) -> str:
-    return shlex.join(["ugpnet", *args])
-
-
-def keys(client, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
-
-
-def json_object(client, bucket: str, key: str) -> dict:
-    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def succeeded(cluster, entrypoint: str, timeout_s: float = 600) -> str:
-    status, logs = cluster.run_job(entrypoint, timeout_s=timeout_s)
-    assert status == "SUCCEEDED", logs[-5000:]
-    assert cluster.s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
-    return logs
 
 
 @pytest.fixture(scope="module")
