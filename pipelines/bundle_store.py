@@ -29,6 +29,16 @@ def bundle_exists(location: storage.Location) -> bool:
     return storage.file_info(location.child("ugpnet.json")).type == pafs.FileType.File
 
 
+def bundle_payload(uri: str, *, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
+    """The bundle at `uri` as bytes (config JSON, weights, optionally the discriminator), read on the
+    driver, for remote code to rebuild the model from wherever it runs (see train_loop.payload_model)."""
+    bundle = local_bundle(uri)
+    discriminator = bundle / "discriminator.safetensors"
+    return {"source": uri, "config": (bundle / "ugpnet.json").read_text(),
+            "weights": (bundle / "model.safetensors").read_bytes(),
+            "discriminator": discriminator.read_bytes() if with_discriminator and discriminator.is_file() else None}
+
+
 def local_bundle(uri: str) -> Path:
     """A local directory holding the bundle at `uri` (downloaded to a temp dir when remote)."""
     location = storage.resolve(uri)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines import storage
-from pipelines.bundle_store import bundle_exists, local_bundle, upload_directory
+from pipelines.bundle_store import bundle_exists, bundle_payload, local_bundle, upload_directory
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
@@ -42,6 +42,7 @@ def run(config: TrainConfig) -> TrainResult:
     validate(config)
     if not ray.is_initialized():
         ray.init()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
+    check_reachable(config)
     from pipelines.train_data import build_catalogue, train_dataset, validation_pairs
 
     preset_name = config.preset
@@ -104,11 +105,13 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
 
     stage_run = start_stage_run(config, stage, experiment_id, parent_id)
     cpus = worker_cpus(config)
+    # The start weights travel through the object store: a path would name a directory on the driver's
+    # disk, which training workers on other nodes cannot see.
+    start_ref = ray.put(bundle_payload(start, with_discriminator=stage == "synthesis"))
     loop_config = {
-        "stage": stage, "start_bundle": str(local_bundle(start)), "hyperparams": config.hyperparams.to_dict(),
+        "stage": stage, "start_payload": start_ref, "hyperparams": config.hyperparams.to_dict(),
         "perceptual": asdict(config.hyperparams.perceptual), "tracking_uri": uri, "mlflow_run_id": stage_run,
         "validation": validation, "log_interval": config.log_interval, "threads": max(1, int(cpus)),
-        "start_discriminator": start_discriminator(start) if stage == "synthesis" else None,
     }
     trainer = TorchTrainer(
         train_stage_loop, train_loop_config=loop_config,
@@ -183,9 +186,13 @@ def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: sto
         upload_directory(Path(local), done)
 
 
-def start_discriminator(start: str) -> str | None:
-    path = local_bundle(start) / "discriminator.safetensors"
-    return str(path) if path.is_file() else None
+def check_reachable(config: TrainConfig) -> None:
+    """Local data, storage or perceptual weight files that other nodes of the cluster cannot see are
+    refused before any work (nothing is probed on a single node)."""
+    from pipelines.cluster_paths import check_local_paths, local_paths
+
+    fields = {"data": config.data, "storage": config.storage, **asdict(config.hyperparams.perceptual)}
+    check_local_paths(local_paths(fields, outputs=("storage",)))
 
 
 def ensure_initial_bundle(config: TrainConfig, bundles: storage.Location) -> str:

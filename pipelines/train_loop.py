@@ -1,14 +1,18 @@
 """What each Ray Train worker runs for one stage: resume, iterate its data shard, step, validate,
 checkpoint. Metrics go to the stage's MLflow run from rank 0 only."""
 
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
-from ugpnet.checkpoint import load_bundle, load_state_dict_strict
+from ugpnet.checkpoint import load_state_dict_strict
+from ugpnet.model import UGPNet
+from ugpnet.presets import Preset
 from ugpnet.training.hyperparams import TrainHyperparams
 from ugpnet.training.trainer import StageTrainer
 from ugpnet.vgg import PerceptualWeights
@@ -86,8 +90,18 @@ def ddp_wrapper(world_size: int):
     return lambda module: DistributedDataParallel(module)
 
 
+def payload_model(payload: dict) -> UGPNet:
+    """The start model from a bundle payload (pipelines.bundle_store.bundle_payload), strictly loaded."""
+    config = json.loads(payload["config"])
+    model = UGPNet(Preset.from_dict(config["preset"]))
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), payload.get("source", "start bundle"))
+    model.bundle_config = config
+    return model.eval()
+
+
 def train_stage_loop(config: dict) -> None:
     """`train_loop_per_worker` of the stage's TorchTrainer (config: see pipelines.train.stage_loop_config)."""
+    import ray
     import ray.train
 
     context = ray.train.get_context()
@@ -98,13 +112,14 @@ def train_stage_loop(config: dict) -> None:
     hyperparams = TrainHyperparams.from_dict(config["hyperparams"])
     hp = hyperparams.stage(stage)
 
-    model = load_bundle(config["start_bundle"])
+    payload = ray.get(config["start_payload"])
+    model = payload_model(payload)
     discriminator = None
-    if stage == "synthesis" and config.get("start_discriminator"):
+    if stage == "synthesis" and payload.get("discriminator"):
         from ugpnet.model import build_discriminator
 
         discriminator = build_discriminator(model.preset)
-        discriminator.load_state_dict(load_file(config["start_discriminator"]))
+        discriminator.load_state_dict(load_safetensors(payload["discriminator"]))
     trainer = StageTrainer(model, stage, hyperparams, perceptual=PerceptualWeights(**config["perceptual"]),
                            discriminator=discriminator, wrap=ddp_wrapper(world), device=device,
                            seed=hyperparams.seed)

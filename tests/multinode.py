@@ -15,7 +15,9 @@ re-parented after their raylet died); `ray stop` is never used.
 By hand: `python tests/multinode.py up` starts it, prints the addresses and waits for Ctrl-C.
 """
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -45,6 +47,13 @@ REPO = Path(__file__).resolve().parents[1]
 NODE_MARKER = "UGPNET_TEST_NODE"   # set on the worker node's `ray start`; inherited by all its processes
 WORKER_CPUS = 2
 ARTIFACT_BUCKET = "mlflow-artifacts"
+
+
+WORKER_START_ATTEMPTS = 5
+
+
+class WorkerExited(RuntimeError):
+    """The worker node's `ray start` ended before the node joined (e.g. Ray's 30 s start-up limit)."""
 
 
 class NamespaceError(RuntimeError):
@@ -88,7 +97,10 @@ class WorkerNode:
         script = "mount -t tmpfs none /tmp && exec " + " ".join(ray_start)
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                            env={**self.env, NODE_MARKER: self.marker}, stdout=out,
+                                            env={**self.env, NODE_MARKER: self.marker,
+                                                 # Ray's own helpers that call ray.init() without an address
+                                                 # would otherwise find every Ray on this machine.
+                                                 "RAY_ADDRESS": self.gcs_address}, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -153,14 +165,22 @@ class MultiNodeCluster:
             mlflow_server(self.workdir / "mlflow", f"s3://{ARTIFACT_BUCKET}/artifacts", mlflow_env))
         self.head = RayHead(env=self.node_env, num_cpus=0).start()
         self.stack.callback(self.head.stop)
-        gcs_address = f"127.0.0.1:{self.head.gcs_port}"
-        self.worker = WorkerNode(gcs_address, self.head.env, self.workdir / "worker-node.log").start()
-        self.stack.callback(self.worker.stop)
-        wait_for(self._two_nodes, timeout_s=180, interval_s=1.0, what="the worker node to join the head")
+        self.stack.callback(lambda: self.worker and self.worker.stop())
+        for attempt in range(WORKER_START_ATTEMPTS):
+            self.worker = WorkerNode(f"127.0.0.1:{self.head.gcs_port}", self.head.env,
+                                     self.workdir / f"worker-node-{attempt}.log").start()
+            try:
+                wait_for(self._two_nodes, timeout_s=180, interval_s=1.0, what="the worker node to join the head")
+                return
+            except WorkerExited as err:
+                # `ray start` gives a node a fixed 30 s to register; a busy machine can miss that.
+                self.worker.stop()
+                if attempt + 1 == WORKER_START_ATTEMPTS:
+                    raise RuntimeError(str(err)) from None
 
     def _two_nodes(self) -> bool:
         if self.worker.process.poll() is not None:
-            raise RuntimeError(f"the worker node exited with {self.worker.process.returncode}:\n"
+            raise WorkerExited(f"the worker node exited with {self.worker.process.returncode}:\n"
                                f"{self.worker.log.read_text(errors='replace')[-3000:]}")
         nodes = alive_nodes(self.head.dashboard_url)
         return len(nodes) == 2
@@ -208,6 +228,30 @@ class MultiNodeCluster:
 
     def worker_node_processes(self) -> list[int]:
         return self.worker.processes()
+
+
+# ---------------------------------------------------------------- helpers for tests on the cluster
+
+def ugpnet(*args: str) -> str:
+    """A `ugpnet …` job entrypoint."""
+    return shlex.join(["ugpnet", *args])
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def json_object(client, bucket: str, key: str) -> dict:
+    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def succeeded(cluster: MultiNodeCluster, entrypoint: str, timeout_s: float = 600) -> str:
+    """Run a job to the end; its logs, after checking it succeeded and leaked no secret."""
+    status, logs = cluster.run_job(entrypoint, timeout_s=timeout_s)
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert cluster.s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
+    return logs
 
 
 @pytest.fixture(scope="module")

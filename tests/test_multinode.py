@@ -54,5 +54,27 @@ def test_restore_refuses_local_folders_on_the_cluster_naming_the_field(multinode
         f"ugpnet restore --input {inputs} --output s3://guard-out/x --model preset:tiny_denoise", timeout_s=300)
     assert status == "FAILED", logs[-4000:]
     assert "config field 'input'" in logs and "is a local path" in logs and "s3://" in logs, logs[-4000:]
-    assert "KeyCount" not in client.list_objects_v2(Bucket="guard-out") or \
-        client.list_objects_v2(Bucket="guard-out")["KeyCount"] == 0  # refused before any work
+    assert client.list_objects_v2(Bucket="guard-out")["KeyCount"] == 0  # refused before any work
+
+
+@pytest.mark.timeout(900)
+def test_train_and_archive_refuse_local_folders_on_the_cluster(multinode_cluster):
+    client = multinode_cluster.s3.client()
+    for bucket in ("guard-runs", "guard-src"):
+        client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket="guard-src", Key="scans/a.jpg", Body=photo(64, 48))
+    data = Path(tempfile.mkdtemp(prefix="ugpnet-local-data-"))
+    for index in range(3):
+        (data / f"{index}.jpg").write_bytes(photo(96, 96, seed=index))
+    status, logs = multinode_cluster.run_job(
+        f"ugpnet train --preset tiny_denoise --data {data} --storage s3://guard-runs/runs --run-name guard "
+        "--workers 1 --steps 1,1,1 --no-register", timeout_s=300)
+    assert status == "FAILED" and "data: " in logs and "is a local path" in logs, logs[-4000:]
+    assert client.list_objects_v2(Bucket="guard-runs")["KeyCount"] == 0  # refused before any work
+
+    dest = tempfile.mkdtemp(prefix="ugpnet-local-dest-")
+    status, logs = multinode_cluster.run_job(
+        f"ugpnet archive --source s3://guard-src/scans --dest {dest} --state s3://guard-runs/state "
+        "--model preset:tiny_denoise", timeout_s=300)
+    assert status == "FAILED" and "config field 'dest'" in logs and "wrong disk" in logs, logs[-4000:]
+    assert client.list_objects_v2(Bucket="guard-runs")["KeyCount"] == 0  # no lease, no plan

@@ -1,36 +1,15 @@
 """restore, archive and evaluate on a two-node cluster whose nodes share nothing but S3 and the MLflow server
 (tests/multinode.py), all submitted through the job server; training is in test_multinode_train.py."""
 
-import json
-import shlex
 
 import pytest
+from multinode import json_object, keys, succeeded, ugpnet
 from restore_samples import photo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest_plugins = ["multinode"]
 
 MODEL = "preset:tiny_denoise"
-
-
-def ugpnet(*args: str) -> str:
-    return shlex.join(["ugpnet", *args])
-
-
-def keys(client, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
-
-
-def json_object(client, bucket: str, key: str) -> dict:
-    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def succeeded(cluster, entrypoint: str, timeout_s: float = 600) -> str:
-    status, logs = cluster.run_job(entrypoint, timeout_s=timeout_s)
-    assert status == "SUCCEEDED", logs[-5000:]
-    assert cluster.s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
-    return logs
 
 
 @pytest.fixture(scope="module")
