@@ -30,12 +30,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def output_settings(*, fit: str, tile_overlap: int | None, ext: str, quality: int, save_intermediate: bool) -> dict:
+def output_settings(*, fit: str, tile_overlap: int | None, ext: str, quality: int, save_intermediate: bool,
+                    precision: str = "fp32") -> dict:
     """Every restore setting that changes the bytes written for an input (the model version aside).
     Batch size, stage layout and actor counts do not (fused and split outputs are equal); quality
-    matters only for lossy formats."""
+    matters only for lossy formats; precision does (bf16 differs from fp32 by a few 8-bit levels)."""
     return {"fit": fit, "tile_overlap": tile_overlap, "ext": ext, "save_intermediate": save_intermediate,
-            "quality": quality if ext in ("jpg", "webp") else None}
+            "quality": quality if ext in ("jpg", "webp") else None, "precision": precision}
 
 
 def settings_tag(settings: dict) -> str:

@@ -339,7 +339,7 @@ def run(config: RestoreConfig) -> RunSummary:
     rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
                      model_version=model.model_version, overwrite=config.overwrite, settings=output_settings(
                          fit=config.fit, tile_overlap=config.tile_overlap, ext=config.ext, quality=config.quality,
-                         save_intermediate=config.save_intermediate))
+                         save_intermediate=config.save_intermediate, precision=config.precision))
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
     if storage.list_files(manifest_dir):

@@ -259,6 +259,22 @@ def test_plan_rows_skips_done_outputs_and_reports_collisions(tmp_path):
     assert again[0]["status"] == "pending"
 
 
+def test_a_rerun_at_another_precision_redoes_the_output(tmp_path):
+    """bf16 outputs differ from fp32 ones: a marker written at fp32 must not make a bf16 run skip."""
+    from pipelines.restore_inputs import InputItem
+
+    out = storage.Location(LOCAL, str(tmp_path / "out"))
+    fp32 = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False)
+    bf16 = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False,
+                           precision="bf16")
+    storage.write_bytes(out.child("a.png"), b"png")
+    storage.write_bytes(out.child(marker_for("a.png", "v1", "/in/a.jpg", fp32).relative), b"{}")
+    items = [InputItem("/in/a.jpg", "a.jpg")]
+    plan = {name: plan_rows(items, output_root=out, ext="png", suffix="", model_version="v1", overwrite=False,
+                            settings=settings)[0]["status"] for name, settings in (("fp32", fp32), ("bf16", bf16))}
+    assert plan == {"fp32": "skipped", "bf16": "pending"}
+
+
 # ---------------------------------------------------------------- model references
 
 def test_bundle_and_preset_references(tiny_bundle, tmp_path, monkeypatch):
