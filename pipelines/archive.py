@@ -170,7 +170,8 @@ def _wait_at_barrier() -> None:
 
 def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     """One scheduled run; `hook(checkpoint)` is called at each of CHECKPOINTS (tests)."""
-    from pipelines.archive_state import Lease, LeaseLost, StateStore
+    from pipelines.archive_lease import Lease, LeaseLost
+    from pipelines.archive_state import StateStore
     from pipelines.model_refs import ModelRefError, resolve_model
 
     started = time.perf_counter()
@@ -326,7 +327,8 @@ def _load_file(path: str) -> dict:
 
 
 def handle(args) -> int:
-    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost, StateCorrupt
+    from pipelines.archive_lease import LeaseHeld, LeaseLost
+    from pipelines.archive_state import CommitConflict, StateCorrupt
 
     config = config_from_args(args)  # ConfigError → exit 2
     if args.dry_run:
