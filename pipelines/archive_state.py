@@ -146,6 +146,9 @@ class StateStore:
         storage.with_retries(lambda: storage.pafs.copy_files(
             local_path, target.path, source_filesystem=storage.pafs.LocalFileSystem(),
             destination_filesystem=target.filesystem))
+        if target.spec.scheme == "local":  # on disk before HEAD.json can point at it
+            storage.fsync_file(target.path)
+            storage.fsync_directory(os.path.dirname(target.path))
         return target
 
     def write_json(self, relative: str, record: dict) -> None:
