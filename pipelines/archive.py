@@ -211,6 +211,7 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
 
 def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":
     from pipelines import archive_plan
+    from pipelines.archive_state import StateCorrupt
 
     head = store.head_snapshot()  # StateCorrupt propagates: nothing is processed or committed
     base_version = head.version
@@ -240,7 +241,7 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
     _checkpoint("after-commit", hook)
     try:
         store.clean_after_commit(base_version, config.keep_versions)
-    except OSError as err:  # leftovers are harmless: nothing points at them
+    except (OSError, StateCorrupt) as err:  # leftovers are harmless: nothing points at them
         print(f"ugpnet archive: clean-up after commit failed (harmless): {err}", file=sys.stderr)
     return summary
 
