@@ -176,7 +176,8 @@ def _wait_at_barrier() -> None:
 
 def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     """One scheduled run; `hook(checkpoint)` is called at each of CHECKPOINTS (tests)."""
-    from pipelines.archive_state import Lease, LeaseLost, StateStore
+    from pipelines.archive_lease import Lease, LeaseLost
+    from pipelines.archive_state import StateStore
     from pipelines.model_refs import ModelRefError, resolve_model
 
     started = time.perf_counter()
@@ -228,6 +229,7 @@ def _check_reachable(source, dest) -> None:
 
 def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":
     from pipelines import archive_plan
+    from pipelines.archive_state import StateCorrupt
 
     head = store.head_snapshot()  # StateCorrupt propagates: nothing is processed or committed
     base_version = head.version
@@ -257,7 +259,7 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
     _checkpoint("after-commit", hook)
     try:
         store.clean_after_commit(base_version, config.keep_versions)
-    except OSError as err:  # leftovers are harmless: nothing points at them
+    except (OSError, StateCorrupt) as err:  # leftovers are harmless: nothing points at them
         print(f"ugpnet archive: clean-up after commit failed (harmless): {err}", file=sys.stderr)
     return summary
 
@@ -345,7 +347,8 @@ def _load_file(path: str) -> dict:
 
 
 def handle(args) -> int:
-    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost, StateCorrupt
+    from pipelines.archive_lease import LeaseHeld, LeaseLost
+    from pipelines.archive_state import CommitConflict, StateCorrupt
 
     config = config_from_args(args)  # ConfigError → exit 2
     if args.dry_run:

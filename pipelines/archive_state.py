@@ -12,22 +12,14 @@ an `s3://` prefix):
 Everything a run writes before HEAD.json carries its run id in the name, so a run that dies half way
 leaves files nobody points at: the last committed state stays valid, and the next run starts from it.
 
-One writer at a time: the lease. lease.json and HEAD.json change only by compare-and-swap
-(pipelines.conditional_writes: S3 `If-None-Match: *` / `If-Match: <etag>`, locally a lock file): a run
-creates the lease when absent or replaces an expired one by its etag, renews it by its etag, and
-commits by replacing HEAD.json by the etag it read when it started, so of two runs that both believe
-they may commit, only one can. Expiry is the lease's age by the store's own clock (its LastModified),
-never a comparison of two hosts' clocks; the holder itself counts its lease lost once a whole TTL has
-passed (by its monotonic clock) since its last confirmed renewal was sent, and stops working.
+One writer at a time: the lease (pipelines.archive_lease). HEAD.json, like lease.json, changes only by
+compare-and-swap (pipelines.conditional_writes): a run commits by replacing HEAD.json by the etag it
+read when it started, so of two runs that both believe they may commit, only one can.
 """
 
 import json
 import os
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,14 +43,6 @@ STATE_SCHEMA = pa.schema([
 ])
 CHANGES_SCHEMA = pa.schema([("action", pa.string()), *STATE_SCHEMA])  # action: new|changed|model|retry|deleted
 STATE_BATCH_ROWS = 16_384  # rows per row group and per read batch: the unit of memory (~1 KiB a row as dicts)
-
-
-class LeaseHeld(RuntimeError):
-    """Another run holds an unexpired lease."""
-
-
-class LeaseLost(RuntimeError):
-    """This run's lease expired and was taken over, or was removed: it must not commit."""
 
 
 class CommitConflict(RuntimeError):
@@ -163,15 +147,18 @@ class StateStore:
         storage.with_retries(lambda: storage.pafs.copy_files(
             local_path, target.path, source_filesystem=storage.pafs.LocalFileSystem(),
             destination_filesystem=target.filesystem))
+        if target.spec.scheme == "local":  # on disk before HEAD.json can point at it
+            storage.fsync_file(target.path)
+            storage.fsync_directory(os.path.dirname(target.path))
         return target
 
     def write_json(self, relative: str, record: dict) -> None:
         storage.write_bytes(self.location(relative), json.dumps(record, indent=2).encode())
 
-    def commit(self, record: dict, *, base: Head, lease: "Lease") -> None:
+    def commit(self, record: dict, *, base: Head, lease) -> None:
         """The last step of a run: renew the lease, then replace HEAD.json only if it is still the one
         this run started from (the atomic step; a refusal means another run committed meanwhile)."""
-        lease.renew()  # raises LeaseLost
+        lease.renew()  # raises LeaseLost (pipelines.archive_lease)
         name = f"commits/{record['version']:010d}-{record['run_id']}.json"
         self.write_json(name, {**record, "record": name})
         data = json.dumps({**record, "record": name}, indent=2).encode()
@@ -242,154 +229,3 @@ def read_rows(path: str) -> Iterator[dict]:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# ---------------------------------------------------------------- the lease
-
-LEASE_FILE = "lease.json"
-# S3 stamps LastModified and Date at whole seconds: a lease counts as expired only this much after its TTL,
-# so a reader never judges it expired before its holder's own deadline (sent + TTL) has passed.
-STORE_CLOCK_SLACK_S = 2.0
-HEARTBEATS_PER_TTL = 3
-RETRY_BEAT_S = 1.0  # after a transient failure, the next renewal attempt comes sooner
-
-
-class Lease:
-    """`lease.json` in the state store: {owner, token, ttl_s, acquired_at, renewed_at, nonce}. The times in
-    it are informative only; expiry is the file's age by the store's clock (see the module docstring)."""
-
-    def __init__(self, store: StateStore, owner: str, ttl_s: float):
-        self.store, self.owner, self.ttl_s = store, owner, ttl_s
-        self.token = uuid.uuid4().hex
-        self.acquired_at: float | None = None
-        self.etag: str | None = None        # of our last write; what renewals and release must find
-        self.deadline: float | None = None  # monotonic: a TTL after our last confirmed renewal was sent
-        self.lost: Exception | None = None
-        self._lock = threading.RLock()      # one renewal at a time (heartbeat and main thread)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def default_owner(run_id: str) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
-
-    @property
-    def location(self) -> storage.Location:
-        return self.store.location(LEASE_FILE)
-
-    def read(self) -> tuple[dict | None, conditional_writes.Snapshot | None]:
-        snapshot = conditional_writes.read(self.location)
-        if snapshot is None:
-            return None, None
-        return parse_record(snapshot.data, self.location.uri), snapshot
-
-    def _record(self) -> bytes:
-        now = time.time()
-        self.acquired_at = self.acquired_at or now
-        return json.dumps({"owner": self.owner, "token": self.token, "ttl_s": self.ttl_s,
-                           "acquired_at": self.acquired_at, "renewed_at": now,
-                           "nonce": uuid.uuid4().hex}).encode()  # every write unique: see conditional_writes
-
-    def acquire(self) -> dict | None:
-        """Take the lease; LeaseHeld when another run's lease is live (or another run took it at the same
-        moment). Returns the expired lease taken over, if any."""
-        current, snapshot = self.read()
-        sent = time.monotonic()
-        try:
-            if snapshot is None:
-                self.etag = conditional_writes.create(self.location, self._record())
-            elif current.get("token") != self.token and not expired(current, snapshot.age_s):
-                raise LeaseHeld(describe(current, snapshot.age_s))
-            else:
-                self.etag = conditional_writes.replace(self.location, self._record(), snapshot.etag)
-        except conditional_writes.PreconditionFailed as err:
-            now, after = self.read()
-            raise LeaseHeld(describe(now or {}, after.age_s if after else 0.0) + " (taken at the same moment)") \
-                from err
-        self.deadline = sent + self.ttl_s
-        return current if current and current.get("token") != self.token else None
-
-    def renew(self) -> None:
-        """Extend the lease by its etag; LeaseLost if another run took it, it was removed, or this run
-        could not confirm it for a whole TTL."""
-        with self._lock:
-            if self.lost is not None:
-                raise LeaseLost(str(self.lost))
-            sent = time.monotonic()
-            try:
-                self.etag = conditional_writes.replace(self.location, self._record(), self.etag)
-            except conditional_writes.PreconditionFailed as err:
-                now, snapshot = self.read()
-                self.lost = LeaseLost(f"the lease on {self.store.root.uri} is no longer this run's ("
-                                      f"{describe(now, snapshot.age_s) if now else 'it was removed'})")
-                raise self.lost from err
-            self.deadline = sent + self.ttl_s
-
-    def check(self) -> None:
-        """Between blocks of work: LeaseLost if the heartbeat found the lease lost or could not renew it
-        in time (another run may have taken it over and be working now)."""
-        if self.lost is not None:
-            raise LeaseLost(str(self.lost))
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise LeaseLost(f"this run could not renew its lease on {self.store.root.uri} within its "
-                            f"{self.ttl_s:g} s TTL")
-
-    def release(self) -> None:
-        """Remove the lease if it is still ours (a conditional delete: never someone else's)."""
-        if self.etag is None or self.lost is not None:
-            return
-        try:
-            conditional_writes.delete(self.location, self.etag)
-        except conditional_writes.PreconditionFailed:
-            pass  # not ours any more: left alone
-
-    def start_heartbeat(self, on_lost: Callable[[], None] | None = None) -> None:
-        """Renew HEARTBEATS_PER_TTL times per TTL on a daemon thread. Any failure other than a transient
-        store error, or transient errors for longer than the TTL, marks the lease lost and calls
-        `on_lost` (the archive stops its work with it)."""
-        def beat():
-            interval = self.ttl_s / HEARTBEATS_PER_TTL
-            while not self._stop.wait(interval):
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    interval = self._beat_once()
-                    if self.lost is not None:
-                        if on_lost is not None:
-                            on_lost()
-                        return
-        self._thread = threading.Thread(target=beat, name="archive-lease", daemon=True)
-        self._thread.start()
-
-    def _beat_once(self) -> float:
-        """One renewal attempt (lock held); returns the wait before the next one."""
-        try:
-            self.renew()
-        except LeaseLost:
-            pass  # renew() recorded it in self.lost
-        except OSError as err:
-            if storage.is_transient(err) and time.monotonic() < (self.deadline or 0.0):
-                return min(RETRY_BEAT_S, self.ttl_s / HEARTBEATS_PER_TTL)
-            self.lost = LeaseLost(f"renewing the lease on {self.store.root.uri} failed: {err}")
-        except Exception as err:  # a bug or a corrupt lease.json must stop the run, not the heartbeat alone
-            self.lost = LeaseLost(f"renewing the lease on {self.store.root.uri} failed: {err!r}")
-        return self.ttl_s / HEARTBEATS_PER_TTL
-
-    def stop_heartbeat(self) -> None:
-        with self._lock:  # after this, the heartbeat can no longer call on_lost
-            self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-
-def expired(lease: dict, age_s: float) -> bool:
-    ttl = lease.get("ttl_s")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise StateCorrupt(f"lease.json has no TTL ({lease!r}); nothing was changed")
-    return age_s > ttl + STORE_CLOCK_SLACK_S
-
-
-def describe(lease: dict, age_s: float) -> str:
-    ttl = lease.get("ttl_s")
-    left = f"{ttl + STORE_CLOCK_SLACK_S - age_s:.0f} s left" if isinstance(ttl, int | float) else "no TTL"
-    return f"held by {lease.get('owner', '?')}, renewed {age_s:.0f} s ago by the store's clock ({left})"

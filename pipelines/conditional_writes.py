@@ -174,15 +174,21 @@ def _failure(action: str, location: storage.Location, error) -> OSError:
 
 
 def _read_s3(location: storage.Location) -> Snapshot | None:
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        response = _call(location, "get_object")
-    except ClientError as err:
-        if _code(err) in _MISSING:
-            return None
-        raise _failure("reading", location, err) from err
-    data = response["Body"].read()
+    for attempt in range(S3_ATTEMPTS):
+        try:
+            response = _call(location, "get_object")
+        except ClientError as err:
+            if _code(err) in _MISSING:
+                return None
+            raise _failure("reading", location, err) from err
+        try:
+            data = response["Body"].read()  # botocore checks the length against Content-Length
+            break
+        except BotoCoreError as err:  # a body cut short: read the object again
+            if attempt + 1 == S3_ATTEMPTS:
+                raise ConnectionError(f"reading s3://{location.path}: {err}") from err
     server_now = parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
     age_s = (server_now - response["LastModified"]).total_seconds()
     return Snapshot(data, response["ETag"].strip('"'), age_s)

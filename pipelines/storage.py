@@ -282,12 +282,16 @@ def publish_local_folder(staging: Location, target: Location) -> None:
     to disk first (their writer did not), then drop the staging folder."""
     for name in sorted(os.listdir(staging.path)):
         path = posixpath.join(staging.path, name)
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(path)
         os.rename(path, posixpath.join(target.path, name))
     fsync_directory(target.path)
     os.rmdir(staging.path)
     fsync_directory(target.path)
+
+
+def fsync_file(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def fsync_directory(path: str) -> None:

@@ -26,8 +26,9 @@ from services import (
 
 from pipelines import cli, storage
 from pipelines.archive import CRASH_ENV, CRASH_EXIT, EXIT_LEASE_HELD, ArchiveConfig, run
+from pipelines.archive_lease import STORE_CLOCK_SLACK_S, Lease, LeaseLost
 from pipelines.archive_listing import CHANGED, DELETED, NEW, UNCHANGED, Entry, diff, list_source
-from pipelines.archive_state import STORE_CLOCK_SLACK_S, Lease, LeaseLost, StateStore
+from pipelines.archive_state import StateStore
 
 pytest_plugins = ["services"]
 

@@ -2,23 +2,19 @@
 lease.json and HEAD.json, expiry by the store's clock, the heartbeat, damaged state files, and which
 state files `keep_versions` keeps. Local folders and the real moto S3 server; no Ray here."""
 
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 
 import pytest
-from services import wait_for
+from services import REGION, wait_for
 
 from pipelines import cli, storage
-from pipelines.archive_state import (
-    STORE_CLOCK_SLACK_S,
-    CommitConflict,
-    Lease,
-    LeaseHeld,
-    LeaseLost,
-    StateStore,
-)
+from pipelines.archive_lease import STORE_CLOCK_SLACK_S, Lease, LeaseHeld, LeaseLost
+from pipelines.archive_state import CommitConflict, StateStore
 
 pytest_plugins = ["services"]
 
@@ -141,6 +137,48 @@ def test_a_failing_heartbeat_marks_the_lease_lost_and_stops_the_run(tmp_path):
         with pytest.raises(LeaseLost, match="not valid JSON"):
             lease.check()
     finally:
+        lease.stop_heartbeat()
+
+
+@contextlib.contextmanager
+def silent_endpoint():
+    """A TCP port on 127.0.0.1 that accepts connections and never answers (a stalled network path)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_renewal_hanging_past_the_ttl_stops_the_run(s3_buckets):
+    """Point 5: one renewal request retried for longer than the TTL used to leave the run working while
+    another run could take the lease over. Now the run is stopped a TTL after its last confirmed renewal,
+    while that request still hangs."""
+    store = StateStore(storage.resolve("s3://outputs/state"))
+    lease = Lease(store, "host-a:1:a", ttl_s=2)
+    lease.acquire()
+    with silent_endpoint() as endpoint:
+        # the same bucket and key, reached through a path to the store that has stalled
+        stalled = storage.StorageSpec("s3", endpoint_override=endpoint, region=REGION)
+        lease.store = StateStore(storage.Location(stalled, store.root.path))
+        stopped = threading.Event()
+        started = time.monotonic()
+        lease.start_heartbeat(on_lost=stopped.set)
+        assert stopped.wait(timeout=30), "the run was never told"
+        assert time.monotonic() - started < 10  # the renewal's own retries take 3 x 10 s
+        assert lease._threads[0].is_alive()  # the renewal request is still hanging
+        with pytest.raises(LeaseLost, match="within its 2 s TTL"):
+            lease.check()
         lease.stop_heartbeat()
 
 

@@ -10,7 +10,8 @@ from services import wait_for
 
 from pipelines import storage
 from pipelines.archive import ArchiveConfig, run
-from pipelines.archive_state import LeaseLost, StateStore
+from pipelines.archive_lease import LeaseLost
+from pipelines.archive_state import StateStore
 
 pytest_plugins = ["services"]
 

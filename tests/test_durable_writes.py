@@ -50,6 +50,25 @@ def test_write_bytes_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_
     assert target.read_bytes() == b'{"version": 7}'
 
 
+def test_a_state_file_is_on_disk_before_head_can_point_at_it(tmp_path):
+    """The archive uploads its state version and changes (copied by pyarrow), then commits HEAD.json:
+    the copies must be flushed first, or HEAD.json can survive a power cut that its state file did not."""
+    source, root = tmp_path / "state.parquet", tmp_path / "state"
+    source.write_bytes(b"PAR1 pretend parquet PAR1")
+    code = ("from pipelines import storage; from pipelines.archive_state import StateStore; "
+            f"StateStore(storage.resolve({str(root)!r})).upload({str(source)!r}, 'versions/0000000001-r.parquet')")
+    calls = traced(tmp_path, [sys.executable, "-c", code])
+    target = root / "versions" / "0000000001-r.parquet"
+    written = [i for i, (name, args, _) in enumerate(calls) if name == "openat" and f'"{target}"' in args
+               and "O_CREAT" in args]
+    synced = [i for i, (name, args, _) in enumerate(calls) if name in ("fsync", "fdatasync") and f"<{target}>" in args]
+    folder = [i for i, (name, args, _) in enumerate(calls)
+              if name in ("fsync", "fdatasync") and f"<{target.parent}>" in args]
+    assert written and synced and synced[-1] > written[0], "the state file is not flushed"
+    assert folder and folder[-1] > written[0], "its directory entry is not flushed"
+    assert target.read_bytes() == source.read_bytes()
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(600)
