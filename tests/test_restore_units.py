@@ -15,8 +15,8 @@ import ugpnet
 from pipelines import cli, storage
 from pipelines.done_markers import marker_for, output_settings
 from pipelines.model_refs import ModelRefError, load_payload, resolve_model
-from pipelines.restore import ConfigError, RestoreConfig, config_from_args
-from pipelines.restore_inputs import list_inputs, output_key, plan_rows, read_manifest
+from pipelines.restore import ConfigError, RestoreConfig, config_from_args, first_local_input
+from pipelines.restore_inputs import InputItem, list_inputs, output_key, plan_rows, read_manifest
 from pipelines.restore_lost import LOST_FILE, record_lost_rows
 from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
 
@@ -434,3 +434,11 @@ def test_lost_rows_keep_an_error_kind(tmp_path):
     table = pq.read_table(tmp_path / "manifest" / LOST_FILE)
     assert dict(zip(table["input_uri"].to_pylist(), table["error_kind"].to_pylist(), strict=True)) == {
         "/in/a.png": "internal", "/in/b\\xff.png": "name", "/in/c.png": "collision"}
+
+
+def test_a_refused_manifest_entry_is_not_the_local_input_probed_on_other_nodes():
+    """Multinode's guard meets the manifest policy: an S3 manifest naming /etc/hostname gets an error
+    row for it; probing that path on the cluster's nodes would refuse the whole run over a file it never reads."""
+    refused = InputItem("/etc/hostname", "", "manifest: a manifest on S3 may name only S3 objects")
+    assert first_local_input([refused, InputItem("s3://in/a.png", "a.png")]) is None
+    assert first_local_input([refused, InputItem("/data/b.png", "b.png")]) == "/data/b.png"
