@@ -64,8 +64,10 @@ def kind_of_stage(error_text: str) -> str:
     stage = error_text.split(":", 1)[0].strip()
     if stage.startswith("model"):
         return MODEL
-    return {"decode": CORRUPT, "fit": SIZE, "name": NAME, "collision": COLLISION, "encode": ENCODE,
-            "write": WRITE, "read": STORAGE}.get(stage, INTERNAL)
+    # "manifest": an entry the manifest policy refuses (a local path or another bucket named by a
+    # manifest on S3) is that entry's own fault, like a name that cannot be used, until the manifest changes.
+    return {"decode": CORRUPT, "fit": SIZE, "name": NAME, "manifest": NAME, "collision": COLLISION,
+            "encode": ENCODE, "write": WRITE, "read": STORAGE}.get(stage, INTERNAL)
 
 
 def is_input_error(kind: str | None) -> bool:

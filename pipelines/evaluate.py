@@ -274,7 +274,8 @@ def _check_reachable(config: EvaluateConfig, rows: list[dict], report: storage.L
     """Local data, report folder or LPIPS files the cluster's other nodes cannot see are refused."""
     from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
 
-    fields = {"data": next((r["input_uri"] for r in rows if "://" not in r["input_uri"]), None),
+    # Rows that are already errors (a local path an S3 manifest may not name) are never read.
+    fields = {"data": next((r["input_uri"] for r in rows if not r["error"] and "://" not in r["input_uri"]), None),
               "report": report.uri if report.spec.scheme == "local" else None,
               "vgg16": config.vgg16, "lpips_heads": config.lpips_heads}
     try:

@@ -400,12 +400,18 @@ def check_reachable_inputs(output: storage.Location, items) -> None:
     node; nothing on a single node). One local input file stands for the rest (a manifest can list files)."""
     from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
 
-    local_input = next((item.input_uri for item in items if "://" not in item.input_uri), None)
-    fields = {"input": local_input, "output": output.uri if output.spec.scheme == "local" else None}
+    fields = {"input": first_local_input(items), "output": output.uri if output.spec.scheme == "local" else None}
     try:
         check_local_paths(local_paths(fields, outputs=("output",)))
     except LocalPathError as err:
         raise ConfigError(err.field, err.reason) from err
+
+
+def first_local_input(items) -> str | None:
+    """The local input that stands for the rest in the reachability probe. Entries that are already
+    error rows (a local path an S3 manifest may not name) are never read, so they are not probed:
+    probing one could refuse a run over a file it will not touch."""
+    return next((item.input_uri for item in items if not item.error and "://" not in item.input_uri), None)
 
 
 def _check_output_root(output: storage.Location) -> None:

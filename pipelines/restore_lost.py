@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.error_kinds import kind_of_stage
 from pipelines.restore_stages import ERROR, MANIFEST_SCHEMA, PENDING
 
 LOST_FILE = "lost.parquet"
@@ -36,6 +37,9 @@ def record_lost_rows(rows: list[dict], manifest_dir: storage.Location, output_ro
     records = [{"run_id": run_id, "input_uri": row["input_uri"], "status": ERROR,
                 # A planned error keeps its own reason; a skipped input lost in flight is not done.
                 "error": row["error"] if row["status"] == ERROR else lost_reason(attempts),
+                # its kind too: the run's exit status and the archive's retries depend on it
+                "error_kind": row.get("error_kind") if row["status"] == ERROR and row.get("error_kind")
+                else kind_of_stage(row["error"] if row["status"] == ERROR else lost_reason(attempts)),
                 "model_ref": model_ref, "model_version": model_version, "finished_at": now}
                for row in lost if row["status"] in (PENDING, ERROR)]
     records += [{"run_id": run_id, "input_uri": row["input_uri"], "status": row["status"],

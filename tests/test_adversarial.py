@@ -20,6 +20,7 @@ import pytest
 from restore_samples import photo
 
 from pipelines import cli, storage
+from pipelines.done_markers import output_settings
 from pipelines.restore_inputs import ManifestPolicy, list_inputs, plan_rows
 
 pytest_plugins = ["services"]
@@ -270,13 +271,16 @@ def test_an_unreadable_manifest_is_named(case, tmp_path, no_ray, capsys):
 
 # ---------------------------------------------------------------- names and keys (points 3, 4, 9): planning
 
+SETTINGS = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False)
+
+
 def planned(source_uri: str, output_uri: str, policy: ManifestPolicy | None = None) -> dict[str, tuple]:
     """{input uri: (status, error, output key)} as a restore run would plan them."""
     spec = storage.s3_spec_from_env()
     items, _ = list_inputs(storage.resolve(source_uri, spec), extensions=(".png", ".jpg"), s3=spec,
                             policy=policy or ManifestPolicy())
     rows = plan_rows(items, output_root=storage.resolve(output_uri, spec), ext="png", suffix="", model_version="v",
-                     overwrite=False)
+                     overwrite=False, settings=SETTINGS)
     return {row["input_uri"]: (row["status"], row["error"], row["output_rel"]) for row in rows}
 
 
@@ -383,7 +387,7 @@ def test_a_manifest_output_key_that_would_need_rewriting_is_one_error_row(key, e
         csv.writer(handle).writerows([["uri", "key"], ["a.png", key], ["a.png", "fine.png"]])
     items, _ = list_inputs(storage.resolve(str(manifest)), extensions=(".png",), s3=storage.s3_spec_from_env())
     rows = plan_rows(items, output_root=storage.resolve(str(tmp_path / "out")), ext="png", suffix="",
-                     model_version="v", overwrite=False)
+                     model_version="v", overwrite=False, settings=SETTINGS)
     assert [(row["status"], row["error"], row["output_rel"]) for row in rows] == [
         ("error", error, ""), ("pending", "", "fine.png")]
 

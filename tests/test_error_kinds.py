@@ -67,8 +67,9 @@ def test_read_errors_are_classified_from_real_failures(s3_buckets, tmp_path):
         assert classify_read_error(OSError(message)) == kind, message
     # Rows no stage classified get their kind from the stage that failed them.
     assert [kind_of_stage(text) for text in ("model (fused): out of memory", "decode: truncated PNG", "fit: 30x20",
-                                             "write: disk full", "memory: needs 9 GiB")] == \
-           ["model", "corrupt", "size", "write", "internal"]
+                                             "write: disk full", "memory: needs 9 GiB",
+                                             "manifest: a manifest on S3 may name only S3 objects")] == \
+           ["model", "corrupt", "size", "write", "internal", "name"]
     assert [is_input_error(kind) for kind in ("corrupt", "collision", "missing", ACCESS_DENIED, "model", None)] == \
            [True, True, True, False, False, False]
 

@@ -15,8 +15,9 @@ import ugpnet
 from pipelines import cli, storage
 from pipelines.done_markers import marker_for, output_settings
 from pipelines.model_refs import ModelRefError, load_payload, resolve_model
-from pipelines.restore import ConfigError, RestoreConfig, config_from_args
-from pipelines.restore_inputs import list_inputs, output_key, plan_rows, read_manifest
+from pipelines.restore import ConfigError, RestoreConfig, config_from_args, first_local_input
+from pipelines.restore_inputs import InputItem, list_inputs, output_key, plan_rows, read_manifest
+from pipelines.restore_lost import LOST_FILE, record_lost_rows
 from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -432,3 +433,28 @@ def test_a_run_id_is_not_reused(tmp_path, tiny_bundle):
     with pytest.raises(ConfigError, match="'run_id'.*already used"):
         run(RestoreConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tiny_bundle),
                           run_id="r1"))
+
+
+def test_lost_rows_keep_an_error_kind(tmp_path):
+    """Memory's lost rows meet the error kinds: a planned error keeps its kind (a lost `name` row stays
+    the input's fault), a lost pending row is `internal`; without a kind the run's exit status and the
+    archive's retries misjudged them (the kind was null)."""
+    manifest = storage.resolve(str(tmp_path / "manifest"))
+    rows = [{"input_uri": "/in/a.png", "status": "pending", "error": "", "error_kind": "", "output_rel": "a.png"},
+            {"input_uri": "/in/b\\xff.png", "status": "error", "error": "name: not UTF-8", "error_kind": "",
+             "output_rel": ""},
+            {"input_uri": "/in/c.png", "status": "error", "error": "collision: c.png", "error_kind": "collision",
+             "output_rel": ""}]
+    assert record_lost_rows(rows, manifest, storage.resolve(str(tmp_path / "out")), run_id="r", model_ref="m",
+                            model_version="v", attempts=3) == 3
+    table = pq.read_table(tmp_path / "manifest" / LOST_FILE)
+    assert dict(zip(table["input_uri"].to_pylist(), table["error_kind"].to_pylist(), strict=True)) == {
+        "/in/a.png": "internal", "/in/b\\xff.png": "name", "/in/c.png": "collision"}
+
+
+def test_a_refused_manifest_entry_is_not_the_local_input_probed_on_other_nodes():
+    """Multinode's guard meets the manifest policy: an S3 manifest naming /etc/hostname gets an error
+    row for it; probing that path on the cluster's nodes would refuse the whole run over a file it never reads."""
+    refused = InputItem("/etc/hostname", "", "manifest: a manifest on S3 may name only S3 objects")
+    assert first_local_input([refused, InputItem("s3://in/a.png", "a.png")]) is None
+    assert first_local_input([refused, InputItem("/data/b.png", "b.png")]) == "/data/b.png"
