@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import storage
-from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
+from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
@@ -76,8 +76,12 @@ class RestoreConfig:
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # input file endings taken from folders and prefixes
     tile_overlap: int | None = None             # input pixels; default input_size // 4
     max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
-    max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
+    max_output_pixels: int | None = None        # larger outputs (width*height*scale²) are refused too; None: no
+                                                # pixel limit, the memory budget decides (it follows the scale)
+    max_image_memory: int = 0                   # bytes one image may need in a stage; 0: what the largest Ray
+                                                # node can reserve (less the model actors on a one-node cluster)
     rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * batch_size
+    transport: str = "compact"                  # compact: uint16 tiles, float16 outputs; float32: as before
     run_id: str | None = None                   # default: UTC time + random suffix
 
     def validate(self) -> "RestoreConfig":
@@ -88,6 +92,7 @@ class RestoreConfig:
                 raise ConfigError(name, "is required (a non-empty string)")
         _choice("fit", self.fit, ("resize", "tile", "error"))
         _choice("stages", self.stages, STAGE_MODES)
+        _choice("transport", self.transport, TRANSPORTS)
         self.ext = str(self.ext).lower().lstrip(".")
         self.ext = "jpg" if self.ext == "jpeg" else self.ext
         _choice("ext", self.ext, OUTPUT_EXTS)
@@ -116,7 +121,9 @@ class RestoreConfig:
         if self.tile_overlap is not None:
             _integer("tile_overlap", self.tile_overlap, minimum=0)
         _integer("max_pixels", self.max_pixels, minimum=1)
-        _integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        if self.max_output_pixels is not None:
+            _integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        _integer("max_image_memory", self.max_image_memory, minimum=0)
         _integer("rows_per_block", self.rows_per_block, minimum=0)
         if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id
                                         or storage.safe_relative_key(self.run_id) != self.run_id or "/" in self.run_id):
@@ -261,9 +268,10 @@ def run(config: RestoreConfig) -> RunSummary:
 
         started_ray = _ensure_ray()
         try:
-            _check_resources(config, _actor_memory(model))
+            memory = _plan_memory(rows, config, model, s3)
+            _check_resources(config, memory.actor)
             payload_ref = ray.put(load_payload(model))
-            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
+            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory)
             record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
                              model_version=model.model_version, attempts=1 + MODEL_TASK_RETRIES)
         finally:
@@ -348,7 +356,24 @@ def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
                                     f"{memory / 2**30:.1f} GiB of memory this Ray cluster can reserve")
 
 
-def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
+def _plan_memory(rows, config: RestoreConfig, model, s3):
+    """Estimates from the inputs' headers: refusals (as error rows) and the Ray memory reservations."""
+    from pipelines import restore_budget, restore_memory
+
+    geometry = restore_budget.geometry_of(model)
+    actors = sum(config.pool_sizes.values())
+    budget, node_memory = restore_budget.cluster_budget(
+        actors * restore_memory.actor_memory(geometry, config.batch_size, 0))
+    if config.max_image_memory:
+        budget = min(budget, config.max_image_memory) if budget else config.max_image_memory
+    return restore_budget.plan_memory(
+        rows, geometry=geometry, fit=config.fit, tile_overlap=config.tile_overlap,
+        outputs=3 if config.save_intermediate else 1, batch_size=config.batch_size,
+        rows_per_block=config.rows_per_block or 2 * config.batch_size, actors=actors, budget=budget,
+        node_memory=node_memory, s3=s3)
+
+
+def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory) -> None:
     import ray
 
     from pipelines.restore_stages import StageSettings
@@ -357,26 +382,27 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
         run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
-        quality=config.quality, save_intermediate=config.save_intermediate)
+        quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport)
     # A block still failing after its retries is carried past, not the run's end: its rows get
     # their error rows afterwards (pipelines/restore_lost.py).
     context = ray.data.DataContext.get_current().copy()
     context.max_errored_blocks = -1
     with ray.data.DataContext.current(context):
-        _run_dataset(rows, config, model, payload_ref, settings, manifest_dir)
+        _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory)
 
 
-def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> None:
+def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> None:
     import ray
 
     from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
 
     rows_per_block = config.rows_per_block or 2 * config.batch_size
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+    # Every stage reserves the memory its largest block needs (pipelines/restore_budget.py).
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
-                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+                                  batch_format="numpy", num_cpus=config.cpus_per_task,
+                                  memory=memory.decode_task or None)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
-    actor_memory = _actor_memory(model)
     # A re-run with nothing left to do starts no model actors; its rows only need recording.
     pools = config.pool_sizes if any(row["status"] == PENDING for row in rows) else {}
     for module, size in pools.items():
@@ -384,7 +410,8 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,
                                                    use_gpu=config.gpus_per_actor > 0,
-                                                   keep_intermediate=config.save_intermediate),
+                                                   keep_intermediate=config.save_intermediate,
+                                                   transport=config.transport),
             batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                 size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
@@ -394,9 +421,10 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
             # MODEL_TASK_RETRIES times: Ray Data's default (-1) re-runs a batch that kills it forever.
             # One batch in flight per actor, so that a death is charged to the batch that caused
             # it alone (a queued batch would lose an attempt too, and could run out of them).
-            memory=actor_memory, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
+            memory=memory.actor, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
-                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+                                  batch_format="numpy", num_cpus=config.cpus_per_task,
+                                  memory=memory.encode_task or None)
     dataset.write_parquet(manifest_dir.path, filesystem=manifest_dir.filesystem,
                           min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE),
                           # S3 has no folders: creating one would leave empty "dir/" objects behind
@@ -445,8 +473,13 @@ def add_parsers(sub) -> None:
     arg("--extensions", help="comma-separated input file endings (default: png,jpg,jpeg,webp,tif,tiff,bmp,gif)")
     arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
     arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
-    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
+    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: no pixel limit; "
+                                              "the memory budget decides)")
+    arg("--max-image-memory", type=int, help="bytes one image may need in a stage (default: what the largest "
+                                             "Ray node can reserve)")
     arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x batch size)")
+    arg("--transport", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 tiles, float16 "
+                                                "outputs) or float32 (default: compact)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
     parser.set_defaults(handler=handle)
 
