@@ -15,6 +15,9 @@ from pipelines.restore_memory import ImageMemory, ModelGeometry
 from pipelines.restore_stages import ERROR, PENDING
 
 HEADER_THREADS = 16  # concurrent ranged GETs: latency, not CPU, bounds header reads
+# A CPU task's worker process itself (Python, numpy, torch, pyarrow, Ray): Ray Data measured
+# ~233 MiB per read/decode and encode/write worker here and asked for ~291 MiB.
+TASK_BASE_MEMORY = 300 << 20
 
 
 @dataclass(frozen=True)
@@ -54,34 +57,47 @@ def plan_memory(rows: list[dict], *, geometry: ModelGeometry, fit: str, tile_ove
     pending = [row for row in rows if row["status"] == PENDING]
     with ThreadPoolExecutor(max_workers=max(1, min(HEADER_THREADS, len(pending)))) as pool:
         headers = list(pool.map(lambda row: _header(row["input_uri"], s3), pending))
-    estimates, refused = {}, 0
+    estimates = {}
     for row, header in zip(pending, headers, strict=True):
-        if header is None:  # unreadable: the decode stage gives it its proper error row
-            continue
-        (width, height), file_bytes = header
-        image = restore_memory.estimate_image(width, height, geometry=geometry, fit=fit, tile_overlap=tile_overlap,
-                                              file_bytes=file_bytes, outputs=outputs)
-        reason = restore_memory.refusal(image, budget, geometry)
-        if reason:
-            row["status"], row["error"] = ERROR, reason
-            refused += 1
-        else:
-            estimates[id(row)] = image
+        if header is not None:  # an unreadable one: the decode stage gives it its proper error row
+            (width, height), file_bytes = header
+            estimates[id(row)] = restore_memory.estimate_image(
+                width, height, geometry=geometry, fit=fit, tile_overlap=tile_overlap, file_bytes=file_bytes,
+                outputs=outputs)
+    refused = _refuse(pending, estimates, budget, geometry)
+    model_share = max((image.model for image in estimates.values()), default=0)
+    actor = restore_memory.rounded(restore_memory.actor_memory(geometry, batch_size, model_share))
+    # A task must also fit beside the actors, or Ray Data would wait for it forever: an image that
+    # fits the budget but not the room the actors leave is refused too, naming that room.
+    room = node_memory - actors * actor if node_memory else budget
+    refused += _refuse(pending, estimates, min(budget, room - TASK_BASE_MEMORY), geometry)
     # Ray Data cuts the rows into equal blocks in order; a task holds one block.
     blocks = max(1, math.ceil(len(rows) / rows_per_block))
     per_block = math.ceil(len(rows) / blocks)
     chunks = [[estimates[id(r)] for r in rows[i:i + per_block] if id(r) in estimates]
               for i in range(0, len(rows), per_block)]
-    model_share = max((image.model for image in estimates.values()), default=0)
-    actor = restore_memory.rounded(restore_memory.actor_memory(geometry, batch_size, model_share))
-    # A task must still fit beside the actors, or Ray Data would wait for it forever: cap it there
-    # (each admitted image fits the budget on its own; only a block of several large ones is capped).
-    room = max(1 << 20, node_memory - actors * actor) if node_memory else budget
-    decode = min(room, max((restore_memory.block_reservation(c, "decode") for c in chunks), default=0))
-    encode = min(room, max((restore_memory.block_reservation(c, "encode") for c in chunks), default=0))
+    # Only a block of several large images can exceed the room: capped there (one image fits it).
+    room = max(TASK_BASE_MEMORY, room)
+    decode = min(room, TASK_BASE_MEMORY + max((restore_memory.block_reservation(c, "decode") for c in chunks),
+                                              default=0))
+    encode = min(room, TASK_BASE_MEMORY + max((restore_memory.block_reservation(c, "encode") for c in chunks),
+                                              default=0))
     largest = max(estimates.values(), key=lambda image: image.largest[1], default=None)
     return MemoryPlan(budget=budget, decode_task=restore_memory.rounded(decode),
                       encode_task=restore_memory.rounded(encode), actor=actor, refused=refused, largest=largest)
+
+
+def _refuse(pending: list[dict], estimates: dict, budget: int, geometry: ModelGeometry) -> int:
+    """Turn pending rows over the budget into error rows (dropping their estimates); how many."""
+    refused = 0
+    for row in pending:
+        image = estimates.get(id(row))
+        reason = restore_memory.refusal(image, budget, geometry) if image else None
+        if reason:
+            row["status"], row["error"] = ERROR, reason
+            del estimates[id(row)]
+            refused += 1
+    return refused
 
 
 def _header(uri: str, s3: storage.StorageSpec) -> tuple[tuple[int, int], int] | None:

@@ -98,12 +98,14 @@ def actor_memory(geometry: ModelGeometry, batch_size: int, largest_model_share: 
 
 def refusal(image: ImageMemory, budget: int, geometry: ModelGeometry) -> str | None:
     """The error of an image over the budget, naming its numbers; None when it fits."""
-    stage, need = image.largest
+    stage, peak = image.largest
+    need = peak + image.held  # the row's own tiles stay held while a stage works on it
     if need <= budget:
         return None
     return (f"memory: {image.width}x{image.height} -> {image.out_width}x{image.out_height} (x{geometry.scale}, "
             f"{image.tiles} tile(s)) needs an estimated {need / GiB:.2f} GiB in the {stage} stage, over the "
-            f"budget of {budget / GiB:.2f} GiB one task may reserve (max_image_memory, or the largest Ray node)")
+            f"budget of {budget / GiB:.2f} GiB one task may reserve (max_image_memory, or what the largest "
+            f"Ray node has beside the model actors)")
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
