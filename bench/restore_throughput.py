@@ -11,9 +11,14 @@
 2. Streaming: peak memory (PSS, so shared object-store pages count once) of the whole local Ray
    cluster (driver, GCS, raylet, workers) during a fused run of 200 and of 2,000 images, each on a
    fresh cluster. Target: the 2,000-image peak within +25 % of the 200-image peak.
+3. A large photo (--large, 4000x3000 = 12 Mpx by default) in `tile` mode, with the old transport
+   (`float32`) and the new (`compact`: uint16 tiles, float16 RGB outputs): the peak PSS of the
+   whole cluster during a fused run, and the bytes per image that cross the stage boundaries
+   (what the object store carries) fused and split, from the real stage functions in-process.
 
     python bench/restore_throughput.py            # small_denoise x 200, memory tiny_denoise 200 vs 2000
     python bench/restore_throughput.py --quick    # 48 images, memory 100 vs 1000: a smoke run
+    python bench/restore_throughput.py --large-only --large 4000x3000   # section 3 alone
 """
 
 import argparse
@@ -147,7 +152,13 @@ def main() -> None:
     parser.add_argument("--memory-preset", default="tiny_denoise")
     parser.add_argument("--memory-images", type=int, nargs=2, default=(200, 2000))
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--large", default="4000x3000", help="WxH of the large-photo tile run (section 3)")
+    parser.add_argument("--large-preset", default="tiny_denoise")
+    parser.add_argument("--large-only", action="store_true", help="run section 3 alone")
     args = parser.parse_args()
+    if args.large_only:
+        large_photo_section(args)
+        return
     if args.quick:
         args.images, args.memory_images = 48, (100, 1000)
     cpus = os.cpu_count()
@@ -215,6 +226,72 @@ def main() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a large photo, both transports
+
+def large_photo(width: int, height: int) -> bytes:
+    import io
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=2)
+    pixels = np.clip(base + rng.integers(-20, 21, size=base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def stage_bytes_per_image(bundle: Path, data: bytes, transport: str, modules: tuple[str, ...]) -> int:
+    """Bytes of the arrays one image's row carries out of decode and out of each model stage."""
+    from pipelines import storage
+    from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit
+
+    model = ugpnet.load(bundle)
+    settings = StageSettings(run_id="b", model_ref="b", model_version="v", output_root=storage.resolve("/tmp"),
+                             s3=storage.s3_spec_from_env(), input_size=model.input_size, scale=model.scale,
+                             fit="tile", tile_overlap=None, max_pixels=10**9, max_output_pixels=None, ext="png",
+                             quality=95, save_intermediate=False, transport=transport)
+    tiles, _, _, _ = _decode_and_fit(data, settings)
+    payload = {"config": (bundle / "ugpnet.json").read_text(), "weights": (bundle / "model.safetensors").read_bytes()}
+    batch = {"status": np.array(["pending"]), "error": np.array([""]), "input_uri": np.array(["i"]), "tiles": [tiles]}
+    shipped = tiles.nbytes
+    for module in modules:
+        batch = ModelStage(payload, module, batch_size=16, threads=os.cpu_count(), use_gpu=False,
+                           keep_intermediate=False, transport=transport)(batch)
+        shipped += sum(batch[name][0].nbytes for name in ("restored", "restoration_feature", "synthesized",
+                                                           "synthesis_feature", "fused") if name in batch)
+    return shipped
+
+
+def large_photo_section(args) -> None:
+    width, height = (int(v) for v in args.large.lower().split("x"))
+    work = Path(tempfile.mkdtemp(prefix="ugpnet-bench-large-"))
+    try:
+        bundle = ugpnet.save(ugpnet.build(args.large_preset, seed=0), work / "bundle")
+        (work / "in").mkdir()
+        (work / "in" / "large.jpg").write_bytes(large_photo(width, height))
+        data = (work / "in" / "large.jpg").read_bytes()
+        print(f"large photo: {width}x{height} through {args.large_preset}, tile mode", flush=True)
+        for transport in ("float32", "compact"):
+            for modules in (("fused",), ("restoration", "synthesis", "fusion")):
+                shipped = stage_bytes_per_image(bundle, data, transport, modules)
+                print(f"  {transport:7} {'fused' if len(modules) == 1 else 'split'}: "
+                      f"{shipped / 2**20:9.1f} MiB through the stage boundaries per image", flush=True)
+            start_ray()
+            idle = cluster_pss_bytes(os.getpid())
+            with PeakSampler() as sampler:
+                summary = run(RestoreConfig(input=str(work / "in"), output=str(work / f"out-{transport}"),
+                                            model=str(bundle), fit="tile", batch_size=args.batch_size,
+                                            transport=transport, threads_per_actor=os.cpu_count()))
+            import ray
+
+            ray.shutdown()
+            print(f"  {transport:7} fused run: {summary.ok} ok, {summary.errors} error; peak Ray cluster memory "
+                  f"{sampler.peak / 2**20:.0f} MiB (idle {idle / 2**20:.0f} MiB) in {summary.duration_s:.0f} s",
+                  flush=True)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 

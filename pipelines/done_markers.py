@@ -31,12 +31,14 @@ def _digest(text: str) -> str:
 
 
 def output_settings(*, fit: str, tile_overlap: int | None, ext: str, quality: int, save_intermediate: bool,
-                    precision: str = "fp32") -> dict:
+                    precision: str = "fp32", transport: str = "compact") -> dict:
     """Every restore setting that changes the bytes written for an input (the model version aside).
     Batch size, stage layout and actor counts do not (fused and split outputs are equal); quality
-    matters only for lossy formats; precision does (bf16 differs from fp32 by a few 8-bit levels)."""
+    matters only for lossy formats; precision does (bf16 differs from fp32 by a few 8-bit levels), and so
+    may the transport (float16 outputs move an 8-bit level now and then)."""
     return {"fit": fit, "tile_overlap": tile_overlap, "ext": ext, "save_intermediate": save_intermediate,
-            "quality": quality if ext in ("jpg", "webp") else None, "precision": precision}
+            "quality": quality if ext in ("jpg", "webp") else None, "precision": precision,
+            "transport": transport}
 
 
 def settings_tag(settings: dict) -> str:

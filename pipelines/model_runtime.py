@@ -49,10 +49,19 @@ class ModuleRunner:
         if self._wants_compile():
             self._compile()
 
-    def run(self, *arrays) -> list:
-        """Numpy inputs (N,...) → the module's outputs as float32 numpy arrays. Call under inference_mode."""
+    def run(self, *arrays, unpack=None, out_dtypes=None) -> list:
+        """Numpy inputs (N,...) → the module's outputs as numpy arrays. Call under inference_mode.
+        `unpack` widens each received tensor on the device (compact transport: uint16 tiles, so a GPU
+        copy moves 2 bytes a sample); `out_dtypes` (torch dtypes, one per output; default float32) are
+        applied on the device before the copy back."""
+        import torch
+
         inputs = [self.copy_in(array, slot) for slot, array in enumerate(arrays)]
-        return [output.float().cpu().numpy() for output in self._forward(*inputs)]
+        if unpack is not None:
+            inputs = [unpack(tensor) for tensor in inputs]
+        outputs = self._forward(*inputs)
+        dtypes = out_dtypes or [torch.float32] * len(outputs)
+        return [output.to(dtype).cpu().numpy() for output, dtype in zip(outputs, dtypes, strict=True)]
 
     def _forward(self, *inputs):
         from ugpnet.inference import autocast

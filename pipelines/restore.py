@@ -31,7 +31,7 @@ from pathlib import Path
 from pipelines import storage
 from pipelines.done_markers import output_settings
 from pipelines.error_kinds import is_input_error
-from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
+from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # ugpnet.inference.PRECISIONS (not imported: it pulls in torch)
 COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
@@ -88,8 +88,12 @@ class RestoreConfig:
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # input file endings taken from folders and prefixes
     tile_overlap: int | None = None             # input pixels; default input_size // 4
     max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
-    max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
+    max_output_pixels: int | None = None        # larger outputs (width*height*scale²) are refused too; None: no
+                                                # pixel limit, the memory budget decides (it follows the scale)
+    max_image_memory: int = 0                   # bytes one image may need in a stage; 0: what the largest Ray
+                                                # node can reserve (less the model actors on a one-node cluster)
     rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * images per model call
+    transport: str = "compact"                  # compact: uint16 tiles, float16 outputs; float32: as before
     run_id: str | None = None                   # default: UTC time + random suffix
     allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
     manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
@@ -102,6 +106,7 @@ class RestoreConfig:
                 raise ConfigError(name, "is required (a non-empty string)")
         _choice("fit", self.fit, ("resize", "tile", "error"))
         _choice("stages", self.stages, STAGE_MODES)
+        _choice("transport", self.transport, TRANSPORTS)
         self.ext = str(self.ext).lower().lstrip(".")
         self.ext = "jpg" if self.ext == "jpeg" else self.ext
         _choice("ext", self.ext, OUTPUT_EXTS)
@@ -138,7 +143,9 @@ class RestoreConfig:
         if self.tile_overlap is not None:
             _integer("tile_overlap", self.tile_overlap, minimum=0)
         _integer("max_pixels", self.max_pixels, minimum=1)
-        _integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        if self.max_output_pixels is not None:
+            _integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        _integer("max_image_memory", self.max_image_memory, minimum=0)
         _integer("rows_per_block", self.rows_per_block, minimum=0)
         if self.run_id is not None:
             plain_name("run_id", self.run_id)
@@ -339,7 +346,8 @@ def run(config: RestoreConfig) -> RunSummary:
     rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
                      model_version=model.model_version, overwrite=config.overwrite, settings=output_settings(
                          fit=config.fit, tile_overlap=config.tile_overlap, ext=config.ext, quality=config.quality,
-                         save_intermediate=config.save_intermediate, precision=config.precision))
+                         save_intermediate=config.save_intermediate, precision=config.precision,
+                         transport=config.transport))
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
     if storage.list_files(manifest_dir):
@@ -350,9 +358,10 @@ def run(config: RestoreConfig) -> RunSummary:
         started_ray = _ensure_ray()
         try:
             check_reachable_inputs(output, items)
-            _check_resources(config, _actor_memory(model))
+            memory = _plan_memory(rows, config, model, s3)
+            _check_resources(config, memory.actor)
             payload_ref = ray.put(load_payload(model))
-            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
+            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory)
             record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
                              model_version=model.model_version, attempts=1 + MODEL_TASK_RETRIES)
         finally:
@@ -467,7 +476,25 @@ def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
                                     f"{memory / 2**30:.1f} GiB of memory this Ray cluster can reserve")
 
 
-def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
+def _plan_memory(rows, config: RestoreConfig, model, s3):
+    """Estimates from the inputs' headers: refusals (as error rows) and the Ray memory reservations."""
+    from pipelines import restore_budget, restore_memory
+
+    geometry = restore_budget.geometry_of(model)
+    actors = sum(config.pool_sizes.values())
+    batch = largest_batch(config)
+    budget, node_memory = restore_budget.cluster_budget(
+        actors * restore_memory.actor_memory(geometry, batch, 0))
+    if config.max_image_memory:
+        budget = min(budget, config.max_image_memory) if budget else config.max_image_memory
+    return restore_budget.plan_memory(
+        rows, geometry=geometry, fit=config.fit, tile_overlap=config.tile_overlap,
+        outputs=3 if config.save_intermediate else 1, batch_size=batch,
+        rows_per_block=config.rows_per_block or 2 * rows_per_model_call(config), actors=actors, budget=budget,
+        node_memory=node_memory, s3=s3)
+
+
+def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory) -> None:
     import ray
 
     from pipelines.restore_stages import StageSettings
@@ -476,16 +503,16 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
         run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
-        quality=config.quality, save_intermediate=config.save_intermediate)
+        quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport)
     # A block still failing after its retries is carried past, not the run's end: its rows get
     # their error rows afterwards (pipelines/restore_lost.py).
     context = ray.data.DataContext.get_current().copy()
     context.max_errored_blocks = -1
     with ray.data.DataContext.current(context):
-        _run_dataset(rows, config, model, payload_ref, settings, manifest_dir)
+        _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory)
 
 
-def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> None:
+def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> None:
     import ray
 
     from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
@@ -493,10 +520,11 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
     rows_per_call = rows_per_model_call(config)
     rows_per_block = config.rows_per_block or 2 * rows_per_call
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
+    # Every stage reserves the memory its largest block needs (pipelines/restore_budget.py).
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
-                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+                                  batch_format="numpy", num_cpus=config.cpus_per_task,
+                                  memory=memory.decode_task or None)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
-    actor_memory = _actor_memory(model)
     # A re-run with nothing left to do starts no model actors; its rows only need recording.
     pending = sum(row["status"] == PENDING for row in rows)
     pools = config.pool_sizes if pending else {}
@@ -506,7 +534,8 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,
                                                    use_gpu=config.gpus_per_actor > 0,
-                                                   keep_intermediate=config.save_intermediate, execution=execution),
+                                                   keep_intermediate=config.save_intermediate, execution=execution,
+                                                   transport=config.transport),
             batch_size=rows_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                 size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
@@ -516,9 +545,10 @@ def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> No
             # MODEL_TASK_RETRIES times: Ray Data's default (-1) re-runs a batch that kills it forever.
             # One batch in flight per actor, so that a death is charged to the batch that caused
             # it alone (a queued batch would lose an attempt too, and could run out of them).
-            memory=actor_memory, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
+            memory=memory.actor, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
-                                  batch_format="numpy", num_cpus=config.cpus_per_task)
+                                  batch_format="numpy", num_cpus=config.cpus_per_task,
+                                  memory=memory.encode_task or None)
     # Local parquet files are written into a hidden folder and moved up once all are whole, so a killed
     # run leaves no truncated file where readers look (they skip names starting with "." or "_").
     # An S3 PUT is atomic already.
@@ -540,6 +570,16 @@ def rows_per_model_call(config) -> int:
     if config.batch_size:
         return config.batch_size
     return AUTO_ROWS_PER_CALL["gpu" if config.gpus_per_actor > 0 else "cpu"]
+
+
+def largest_batch(config) -> int:
+    """Tiles per forward pass to plan memory for: the batch size when set, else the largest the actor's
+    start-up measurement may pick on its device."""
+    from pipelines.model_runtime import CPU_BATCH_CANDIDATES, GPU_BATCH_CANDIDATES
+
+    if config.batch_size:
+        return config.batch_size
+    return max(GPU_BATCH_CANDIDATES if config.gpus_per_actor > 0 else CPU_BATCH_CANDIDATES)
 
 
 def execution_settings(config, planned_images: int):
@@ -600,8 +640,13 @@ def add_parsers(sub) -> None:
     arg("--extensions", help="comma-separated input file endings (default: png,jpg,jpeg,webp,tif,tiff,bmp,gif)")
     arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
     arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
-    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
+    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: no pixel limit; "
+                                              "the memory budget decides)")
+    arg("--max-image-memory", type=int, help="bytes one image may need in a stage (default: what the largest "
+                                             "Ray node can reserve)")
     arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x images per model call)")
+    arg("--transport", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 tiles, float16 "
+                                                "outputs) or float32 (default: compact)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
     arg("--allow-local-manifest-paths", action="store_true", default=None,
         help="let a manifest read from S3 name local files (default: such entries are error rows)")

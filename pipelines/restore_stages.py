@@ -6,9 +6,12 @@ Every row is one input and carries `status`: `pending` rows are worked on; `erro
 rows pass through every stage untouched, so each input reaches the manifest exactly once. A stage
 that fails on one input turns that row into an `error` row with the stage name and the reason.
 
-Between stages, an image travels as model-size tiles (N,3,s,s) float32 in [0,1] plus its `FitPlan`
-(JSON); the model outputs travel as (N,3,S,S) tiles (S = s*scale) and, in split mode, the features
-F_R and F_G as (N,C,S,S) float32. The alpha plane (H,W) float32 in [0,1] rides along untouched.
+Between stages, an image travels as model-size tiles (N,3,s,s) plus its `FitPlan` (JSON); the model
+outputs travel as (N,3,S,S) tiles (S = s*scale) and, in split mode, the features F_R and F_G as
+(N,C,S,S). The alpha plane (H,W) float32 in [0,1] rides along untouched. With the `compact`
+transport (the default) tiles travel as uint16 (value * 65535: exact for 8- and 16-bit sources,
+whose floats are samples / 255 or / 65535, and within 1/131070 for resampled canvases) and model
+outputs and features as float16; `float32` is the transport of old, kept to measure against.
 """
 
 import json
@@ -25,6 +28,8 @@ from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_er
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
 MODULES = ("restoration", "synthesis", "fusion")
+TRANSPORTS = ("compact", "float32")
+TILE_LEVELS = 65535  # uint16 tiles: value = round(x * TILE_LEVELS)
 READ_THREADS = 8  # concurrent GETs per read task: S3 latency, not CPU, bounds reading
 INTERMEDIATE_DIR = "_intermediate"
 
@@ -71,10 +76,11 @@ class StageSettings:
     fit: str
     tile_overlap: int | None
     max_pixels: int
-    max_output_pixels: int
+    max_output_pixels: int | None
     ext: str
     quality: int
     save_intermediate: bool
+    transport: str = "compact"  # one of TRANSPORTS
 
 
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
@@ -90,7 +96,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(pending)))) as pool:
         reads = dict(zip(pending, pool.map(lambda i: _timed_read(rows[i]["input_uri"], settings.s3), pending),
                          strict=True))
-    empty_tiles = np.zeros((0, 3, settings.input_size, settings.input_size), np.float32)
+    empty_tiles = np.zeros((0, 3, settings.input_size, settings.input_size), tile_dtype(settings.transport))
     out = {key: [] for key in (*rows[0].keys(), "tiles", "alpha", "fit_plan", "width", "height", "source_format",
                                "source_mode", "bytes_in", "read_ms", "decode_ms")}
     for index, row in enumerate(rows):
@@ -152,7 +158,7 @@ def _decode_and_fit(data: bytes, settings: StageSettings):
     info = {"width": decoded.width, "height": decoded.height, "source_format": decoded.source_format,
             "source_mode": decoded.source_mode}
     out_pixels = decoded.width * decoded.height * settings.scale ** 2
-    if out_pixels > settings.max_output_pixels:
+    if settings.max_output_pixels is not None and out_pixels > settings.max_output_pixels:
         raise _StageError("fit", f"output would be {decoded.width * settings.scale}x{decoded.height * settings.scale}"
                                  f" = {out_pixels / 1e6:.4g} Mpx, over the limit of "
                                  f"{settings.max_output_pixels / 1e6:.4g} Mpx", info)
@@ -162,9 +168,32 @@ def _decode_and_fit(data: bytes, settings: StageSettings):
     except ValueError as err:
         raise _StageError("fit", str(err), info) from err
     image = torch.from_numpy(decoded.rgb).permute(2, 0, 1).unsqueeze(0)
-    tiles = cut_tiles(prepare_canvas(image, plan), plan).contiguous().numpy()
+    tiles = pack_tiles(cut_tiles(prepare_canvas(image, plan), plan).contiguous().numpy(), settings.transport)
     alpha = decoded.alpha if decoded.alpha is not None else np.zeros((0, 0), np.float32)
     return tiles, alpha, plan.to_json(), info
+
+
+def tile_dtype(transport: str):
+    return np.uint16 if transport == "compact" else np.float32
+
+
+def pack_tiles(tiles: np.ndarray, transport: str) -> np.ndarray:
+    """float32 [0,1] tiles → what travels to the model stage."""
+    if transport != "compact":
+        return tiles
+    return np.rint(np.clip(tiles, 0.0, 1.0) * np.float32(TILE_LEVELS)).astype(np.uint16)
+
+
+def output_dtype(transport: str, column: str, module: str):
+    """Under `compact`, RGB images bound for the encoder travel as float16 (measured: 8-bit outputs
+    within 1 level). What feeds another model stage stays float32: split mode's features (as
+    float16 they moved outputs by up to 2 levels) and the restored image the synthesis pool reads,
+    so that split and fused give the same outputs."""
+    final = column in ("fused", "synthesized") or column == "restored" and module == "fused"
+    return np.float16 if transport == "compact" and final else np.float32
+
+
+_TORCH_DTYPES = {np.float16: "float16", np.float32: "float32"}
 
 
 # ---------------------------------------------------------------- model stages (actor pools)
@@ -174,7 +203,7 @@ class ModelStage:
     actor) or one of MODULES (split mode: a pool per module, features passed in the rows)."""
 
     def __init__(self, payload_ref, module: str, batch_size: int, threads: int, use_gpu: bool,
-                 keep_intermediate: bool, execution=None):
+                 keep_intermediate: bool, execution=None, transport: str = "compact"):
         import ray
         import torch
 
@@ -190,6 +219,7 @@ class ModelStage:
         self.model = build_model(payload, self.device)
         del payload  # the weights now live in the module; the bytes are not needed again
         self.module, self.keep_intermediate = module, keep_intermediate
+        self.transport = transport
         generator, size = self.model.synmodule.generator, self.model.preset.resolution
         # Shapes of the empty arrays that error/skipped rows carry in each output column.
         self._empty = {"restoration_feature": (0, self.model.preset.restoration_feature_channels, size, size),
@@ -236,7 +266,11 @@ class ModelStage:
         return dropped if self.keep_intermediate else (*dropped, "synthesized")
 
     def _run(self, *inputs):
-        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs))
+        import torch
+
+        dtypes = [getattr(torch, _TORCH_DTYPES[output_dtype(self.transport, name, self.module)])
+                  for name in self._outputs()]
+        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs), unpack=_unpack, out_dtypes=dtypes)
 
     def __call__(self, batch: dict) -> dict:
         statuses = list(batch["status"])
@@ -250,7 +284,7 @@ class ModelStage:
             statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
-            empty = np.zeros(self._empty_shape(name), np.float32)
+            empty = np.zeros(self._empty_shape(name), output_dtype(self.transport, name, self.module))
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
@@ -300,6 +334,16 @@ class ModelStage:
 
     def _empty_shape(self, name: str) -> tuple[int, ...]:
         return self._empty.get(name, self._empty_image)
+
+
+def _unpack(tensor):
+    """A received input in the model's float32: uint16 tiles back to [0,1] (on the device, so a GPU
+    copy moves 2 bytes a sample), float16 outputs and features widened."""
+    import torch
+
+    if tensor.dtype == torch.uint16:
+        return tensor.to(torch.float32).div_(TILE_LEVELS)
+    return tensor.float()
 
 
 def build_model(payload: dict, device):
@@ -381,7 +425,7 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
         encoded = {}
         for location, column in files.items():
             # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
-            image = assemble(torch.from_numpy(np.array(batch[column][index])), plan)[0]
+            image = assemble(torch.from_numpy(np.array(batch[column][index], dtype=np.float32)), plan)[0]
             rgb = image.permute(1, 2, 0).numpy()
             if alpha.size and alpha.shape != rgb.shape[:2]:
                 alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])

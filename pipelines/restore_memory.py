@@ -1,0 +1,143 @@
+"""How much memory one image needs in each stage of `ugpnet restore`, estimated on the driver from
+the image's header (its size) and the model's geometry, before any pixel is decoded.
+
+Why: at ×8 super-resolution a 3000×2000 photo becomes a 24000×16000 output, 4.6 GB per float32
+copy, and the stages make several copies. Reserving Ray memory from these estimates lets the
+scheduler place work where it fits; an image whose estimate exceeds what one task may reserve is
+refused at planning as one error row that gives the numbers, instead of being killed mid-run.
+
+Units: bytes. The copies counted below are the ones the stages make today (see
+pipelines/restore_stages.py); tests/test_restore_memory_units.py holds them to measured peaks.
+"""
+
+import io
+import math
+from dataclasses import dataclass
+
+from ugpnet.fitting import plan_fit
+
+FLOAT = 4  # bytes per float32 sample
+GiB = 1 << 30
+HEADER_BYTES = 1 << 18  # enough of a file for Pillow to read its size (JPEG EXIF included)
+# Per model actor, whatever the model: the interpreter, torch, Ray and the blocks in flight.
+# Measured: a CPU actor of a tiny preset peaks near 650 MiB.
+ACTOR_BASE_MEMORY = 700 << 20
+ACTOR_WEIGHT_COPIES = 3  # the payload bytes, the loaded state dict, the module
+# Live feature maps of one forward pass, per output pixel of a tile and per feature channel
+# (F_R and the generator's last maps, in inference mode): a measured upper bound, see the tests.
+ACTIVATION_MAPS = 6
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the estimates need to know of the model."""
+
+    input_size: int           # the square side the model takes, in pixels
+    scale: int
+    feature_channels: int     # F_R + F_G channels: the widest maps at output resolution
+    weights_bytes: int
+
+
+@dataclass(frozen=True)
+class ImageMemory:
+    """Peak bytes one image needs in each stage (its own share, not the process's base)."""
+
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    tiles: int
+    decode: int               # read + decode + fit task, while the image is worked on
+    held: int                 # what its row carries between stages (the model-size tiles)
+    model: int                # its share of a model actor's batch: inputs and outputs in flight
+    encode: int               # assemble + encode + write task
+
+    @property
+    def largest(self) -> tuple[str, int]:
+        return max((("decode", self.decode), ("model", self.model), ("encode", self.encode)), key=lambda x: x[1])
+
+
+def estimate_image(width: int, height: int, *, geometry: ModelGeometry, fit: str, tile_overlap: int | None,
+                   file_bytes: int, outputs: int = 1) -> ImageMemory:
+    """Peak bytes per stage for a width×height image; `outputs` is 3 with save_intermediate."""
+    s, k = geometry.input_size, geometry.scale
+    plan = plan_fit(height, width, input_size=s, scale=k, policy="resize" if fit == "error" else fit,
+                    tile_overlap=tile_overlap)
+    # An EXIF rotation swaps the sides after the header was read: count the worse of both.
+    turned = plan_fit(width, height, input_size=s, scale=k, policy=plan.policy, tile_overlap=tile_overlap)
+    tiles = max(plan.num_tiles, turned.num_tiles)
+    pixels = width * height
+    canvas = plan.canvas_h * plan.canvas_w if plan.policy == "tile" else s * s
+    tiles_in = tiles * 3 * s * s * FLOAT
+    tiles_out = tiles * 3 * (s * k) ** 2 * FLOAT * outputs
+    out_pixels = pixels * k * k
+    out_canvas = (canvas if plan.policy == "tile" else pixels) * k * k
+    # Decode: the file, Pillow's 8-bit planes (RGBA at most), the float RGB and its conversion
+    # temporary, the alpha plane, two padded canvases, the tiles and their serialised copy.
+    decode = (file_bytes + pixels * 4 + pixels * 3 * FLOAT * 2 + pixels * FLOAT
+              + max(canvas, pixels) * 3 * FLOAT * 2 + tiles_in * 2)
+    # Model: the tiles as received and stacked; the outputs as chunks, concatenated, serialised.
+    model = tiles_in * 2 + tiles_out * 3
+    # Encode: the outputs as received and copied; the blend accumulator (3 channels) and weights;
+    # then per output file the clipped floats, the scaled floats, the bytes, Pillow's copy and the
+    # encoded file; an alpha plane resized in floats.
+    encode = (tiles_out * 2 + out_canvas * (3 * FLOAT + FLOAT)
+              + out_pixels * (3 * FLOAT * 2 + 3 * 3) + out_pixels * FLOAT * 2)
+    return ImageMemory(width=width, height=height, out_width=width * k, out_height=height * k, tiles=tiles,
+                       decode=decode, held=tiles_in, model=model, encode=encode)
+
+
+def actor_memory(geometry: ModelGeometry, batch_size: int, largest_model_share: int) -> int:
+    """A model actor's reservation: its base, the weights' copies, one forward pass's activations
+    (batch_size tiles) and the batch of images it holds (batch_size rows, the largest ones)."""
+    out_tile = (geometry.input_size * geometry.scale) ** 2
+    activations = batch_size * out_tile * geometry.feature_channels * FLOAT * ACTIVATION_MAPS
+    return (ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * geometry.weights_bytes + activations
+            + batch_size * largest_model_share)
+
+
+def refusal(image: ImageMemory, budget: int, geometry: ModelGeometry) -> str | None:
+    """The error of an image over the budget, naming its numbers; None when it fits."""
+    stage, peak = image.largest
+    need = peak + image.held  # the row's own tiles stay held while a stage works on it
+    if need <= budget:
+        return None
+    return (f"memory: {image.width}x{image.height} -> {image.out_width}x{image.out_height} (x{geometry.scale}, "
+            f"{image.tiles} tile(s)) needs an estimated {need / GiB:.2f} GiB in the {stage} stage, over the "
+            f"budget of {budget / GiB:.2f} GiB one task may reserve (max_image_memory, or what the largest "
+            f"Ray node has beside the model actors)")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the start of an image file; None when Pillow cannot tell from it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # a bad or truncated header: the decode stage reports it properly
+        return None
+
+
+def block_reservation(images: list[ImageMemory], key: str) -> int:
+    """What one CPU task holding these images needs: the rows it carries plus the largest transient."""
+    if not images:
+        return 0
+    held = sum(image.held for image in images)
+    return held + max(getattr(image, key) for image in images)
+
+
+def rounded(value: float) -> int:
+    """Reservations in whole MiB: Ray rounds memory requests anyway, and logs read better."""
+    return int(math.ceil(value / (1 << 20))) << 20
+
+
+def model_geometry(preset, weights_bytes: int) -> ModelGeometry:
+    """From a ugpnet Preset (as the bundle's config describes it)."""
+    from ugpnet.archs.stylegan2 import stylegan_channels
+
+    generator = preset.generator
+    synthesis_channels = stylegan_channels(generator.channel_multiplier, generator.narrow)[generator.out_size]
+    return ModelGeometry(input_size=preset.input_size, scale=preset.scale,
+                         feature_channels=preset.restoration_feature_channels + synthesis_channels,
+                         weights_bytes=weights_bytes)
