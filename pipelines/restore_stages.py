@@ -185,12 +185,12 @@ def pack_tiles(tiles: np.ndarray, transport: str) -> np.ndarray:
 
 
 def output_dtype(transport: str, column: str, module: str):
-    """Under `compact`, RGB images bound for the encoder travel as float16 (measured: 8-bit outputs
-    within 1 level). What feeds another model stage stays float32: split mode's features (as
-    float16 they moved outputs by up to 2 levels) and the restored image the synthesis pool reads,
-    so that split and fused give the same outputs."""
-    final = column in ("fused", "synthesized") or column == "restored" and module == "fused"
-    return np.float16 if transport == "compact" and final else np.float32
+    """Under `compact`, the fused and synthesized images (read only by the encoder) travel as
+    float16 (measured: 8-bit outputs within 1 level). What split mode hands to another model pool
+    stays float32 in both modes, so that split and fused agree: the features (as float16 they moved
+    outputs by up to 2 levels) and the restored image the synthesis pool reads."""
+    del module  # the same column has the same dtype in every mode
+    return np.float16 if transport == "compact" and column in ("fused", "synthesized") else np.float32
 
 
 _TORCH_DTYPES = {np.float16: "float16", np.float32: "float32"}

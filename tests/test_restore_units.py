@@ -351,7 +351,9 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
     assert decoded["status"] == ["pending"] * 3
 
     def stage(module):
-        return ModelStage(payload, module, batch_size=3, threads=1, use_gpu=False, keep_intermediate=True)
+        # float32 transport: this compares the modules' floats (compact rounds outputs to float16)
+        return ModelStage(payload, module, batch_size=3, threads=1, use_gpu=False, keep_intermediate=True,
+                          transport="float32")
 
     fused = stage("fused")(dict(decoded))
     split = dict(decoded)
