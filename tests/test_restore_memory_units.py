@@ -58,7 +58,8 @@ else:
     scale, size = args["scale"], args["input_size"] * args["scale"]
     outputs = np.random.default_rng(0).random((len(tiles), 3, size, size), dtype=np.float32)
     batch = {"fused": [outputs], "alpha": [alpha], "fit_plan": [plan]}
-    row = {"output_rel": "o.png", "input_uri": "i", "stale_markers": "[]", "fit_plan": plan}
+    row = {"output_rel": "o.png", "input_uri": "i", "stale_markers": "[]", "fit_plan": plan,
+           "marker": "_ugpnet/done/o.png.json", "marker_body": "{}"}
     before = peak()
     _encode_and_write_one(batch, 0, row, settings.output_root.child("o.png"), settings)
 print(json.dumps({"rise": peak() - before, "tiles": len(tiles), "plan": plan}))
@@ -169,7 +170,8 @@ def _restore_in_process(data: bytes, bundle, transport: str, module_chain: tuple
         shipped += sum(batch[name][0].nbytes for name in batch if name in
                        ("restored", "restoration_feature", "synthesized", "synthesis_feature", "fused"))
     batch.update(alpha=[alpha], fit_plan=[plan])
-    row = {"output_rel": f"{transport}.png", "input_uri": "i", "stale_markers": "[]", "fit_plan": plan}
+    row = {"output_rel": f"{transport}.png", "input_uri": "i", "stale_markers": "[]", "fit_plan": plan,
+           "marker": f"_ugpnet/done/{transport}.png.json", "marker_body": "{}"}
     _encode_and_write_one(batch, 0, row, settings.output_root.child(row["output_rel"]), settings)
     return np.asarray(Image.open(tmp_path / row["output_rel"])).astype(int), shipped
 
