@@ -229,10 +229,11 @@ def _pending_batch(count: int, size: int) -> dict:
 def test_the_actor_runs_the_model_exactly_and_measures_its_batch(tiny_bundle):
     payload = load_payload(resolve_model(str(tiny_bundle)))
     batch = _pending_batch(3, 64)
+    # float32 transport: this checks the runner's arithmetic (the compact transport has its own test).
     auto = ModelStage(payload, "fused", None, 1, False, False,
-                      execution=ExecutionSettings(planned_images=100))
+                      execution=ExecutionSettings(planned_images=100), transport="float32")
     assert auto.batch_size in (1, 2, 4)
-    fixed = ModelStage(payload, "fused", 2, 1, False, False)
+    fixed = ModelStage(payload, "fused", 2, 1, False, False, transport="float32")
     assert fixed.batch_size == 2
     model = ugpnet.load(str(tiny_bundle)).eval()
     with torch.inference_mode():
@@ -251,7 +252,7 @@ def test_the_actor_runs_bf16_close_to_fp32(tiny_bundle):
     outputs = {}
     for precision in ("fp32", "bf16"):
         stage = ModelStage(payload, "fused", 2, 1, False, False,
-                           execution=ExecutionSettings(precision=precision, batch_size=2))
+                           execution=ExecutionSettings(precision=precision, batch_size=2), transport="float32")
         outputs[precision] = np.concatenate(stage(dict(batch))["fused"])
     assert outputs["bf16"].dtype == np.float32
     distance = eight_bit_distance(torch.from_numpy(outputs["fp32"]), torch.from_numpy(outputs["bf16"]))
