@@ -442,6 +442,23 @@ def test_hostile_local_names_and_content_end_as_error_rows(tmp_path, ray_session
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_local_path_an_s3_manifest_may_not_name_is_the_inputs_fault(s3_buckets, tmp_path, ray_session, capsys):
+    """Paths meet error kinds: the refused entry is one error row of kind `name` (the manifest's own
+    fault), so a run whose other entries succeed exits 0 (it was kind `internal`: exit 3)."""
+    client = s3_buckets.client()
+    client.put_object(Bucket="inputs", Key="lists/ok.png", Body=photo(40, 32, fmt="PNG"))
+    local = write(tmp_path / "private.png", photo(40, 32, seed=2, fmt="PNG"))
+    client.put_object(Bucket="inputs", Key="lists/m.txt", Body=f"ok.png\n{local}\n".encode())
+    status, err = run_cli(["restore", "--input", "s3://inputs/lists/m.txt", "--output", "s3://outputs/r",
+                           "--model", MODEL, "--run-id", "policy", "--batch-size", "2"], capsys)
+    assert status == 0, err
+    rows = manifest_rows("s3://outputs/r/_ugpnet/manifest/policy")
+    assert {uri: (row["status"], row["error_kind"]) for uri, row in rows.items()} == {
+        "s3://inputs/lists/ok.png": ("ok", None), str(local): ("error", "name")}
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(400)
 def test_an_unmirrorable_s3_key_does_not_stick_the_archive(s3_buckets, ray_session, capsys):
     """Point 3: `photos//img.jpg` used to make every archive run fail ("lacks planned inputs")."""

@@ -223,7 +223,9 @@ def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
 
 def _pending_batch(count: int, size: int) -> dict:
     tiles = np.random.default_rng(1).random((count, 1, 3, size, size), dtype=np.float32)
-    return {"tiles": list(tiles), "status": [PENDING] * count, "error": [""] * count}
+    # input_uri: every real row has one (the model stage hands it to pipelines.fault_hooks)
+    return {"tiles": list(tiles), "status": [PENDING] * count, "error": [""] * count,
+            "input_uri": [f"/in/{index}.png" for index in range(count)]}
 
 
 def test_the_actor_runs_the_model_exactly_and_measures_its_batch(tiny_bundle):
