@@ -3,41 +3,47 @@
     take the lease                                  (another live run holds it → exit 4, nothing done)
     list the source ⋈ committed state, by key       streamed merge: new / changed / unchanged / deleted
     select new + changed (+ model / retry), key order, at most --max-items; the rest waits
-    record the plan, invalidate the selection's old done-markers, then restore the plan with the restore flow
+    record the plan, then restore it with the restore flow (done-markers record each object's size and ETag)
     write the new state version and the run's changes, then commit: replace HEAD.json (one atomic step)
 
 Outputs are named exactly as `ugpnet restore --input SOURCE --output DEST` names them, and the restore
 manifest and summary land under `<dest>/_ugpnet/` as usual. A run that dies anywhere leaves HEAD.json at
 the last commit; the next run selects the same objects again and restore skips those whose outputs the
-dead run finished (done-markers written after it invalidated the old ones; see archive_state), so work is
+dead run finished (their done-markers record the very content planned; see pipelines.done_markers), so work is
 neither lost nor done twice. Deleted objects are recorded in the run's changes and dropped from the
 state; their outputs are left in place.
 
-Exit status: 0 committed (or nothing to do); 3 committed but the restore error rate exceeded
---max-error-rate; 4 another run holds the lease (nothing done); 1 the run failed or lost its lease
-(nothing committed); 2 a bad configuration.
+Exit status: 0 committed (or nothing to do); 3 committed but the restore run failed its error checks
+(over --max-error-rate, every input errored, or every error was not the input's fault: those are
+retried by the next run, see pipelines.error_kinds); 4 another run holds the lease (nothing done);
+1 the run failed, lost its lease, or found lease.json or HEAD.json damaged (nothing committed);
+2 a bad configuration.
 """
 
+import _thread
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import storage
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping
+from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping, plain_name
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
 EXIT_LEASE_HELD = 4
 CRASH_ENV = "UGPNET_ARCHIVE_CRASH_AT"  # test hook: os._exit() at this checkpoint (see _checkpoint)
 CRASH_EXIT = 70
+BARRIER_ENV = "UGPNET_ARCHIVE_BARRIER"  # test hook: a FIFO to open (blocks) right before taking the lease
 CHECKPOINTS = ("planned", "invalidated", "processed", "before-commit", "after-commit")
 # Restore fields the archive decides itself; every other RestoreConfig field may be passed through.
-ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions")
+ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions", "allow_local_manifest_paths",
+                 "manifest_buckets")
 
 
 @dataclass
@@ -79,26 +85,29 @@ class ArchiveConfig:
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         locations = {name: storage.resolve(getattr(self, name)) for name in ("source", "dest", "state")}
         for a, b in (("source", "dest"), ("source", "state"), ("dest", "state")):
-            if locations[a].spec.scheme == locations[b].spec.scheme and locations[a].path == locations[b].path:
-                raise ConfigError(b, f"must differ from {a}")
-        if locations["dest"].contains(locations["source"]) or locations["state"].contains(locations["source"]):
-            raise ConfigError("source", "must not lie inside dest or state")
+            try:  # outputs or state files written into the source (or each other) would be lost or re-read
+                storage.disjoint_roots(locations[b], b, {a: locations[a]})
+            except storage.StorageError as err:
+                raise ConfigError(b, str(err)) from err
         if not isinstance(self.restore, dict):
             raise ConfigError("restore", "must be a mapping of restore fields")
         owned = sorted(set(self.restore) & set(ARCHIVE_OWNED))
         if owned:
             raise ConfigError(f"restore.{owned[0]}", "is set by the archive run itself")
         self.extensions = self.restore_config().extensions  # also fails now, named, on a bad restore field
-        if self.run_id is not None and (not isinstance(self.run_id, str) or "/" in self.run_id or not self.run_id
-                                        or storage.safe_relative_key(self.run_id) != self.run_id):
-            raise ConfigError("run_id", f"must be a plain name, got {self.run_id!r}")
+        if self.run_id is not None:
+            plain_name("run_id", self.run_id)
         return self
 
     def restore_config(self, plan_uri: str = "plan.parquet", run_id: str | None = None,
                        model: str | None = None) -> RestoreConfig:
         """The restore run that processes a plan: this run's id, the plan as its input manifest."""
+        source = storage.resolve(self.source)
+        # The plan, a manifest in the state store, names the source's objects: local files or another bucket.
         values = {**self.restore, "input": plan_uri, "output": self.dest, "model": model or self.model,
-                  "run_id": run_id, "extensions": self.extensions}
+                  "run_id": run_id, "extensions": self.extensions,
+                  "allow_local_manifest_paths": source.spec.scheme == "local",
+                  "manifest_buckets": (source.path.partition("/")[0],) if source.spec.scheme == "s3" else ()}
         try:
             return RestoreConfig.from_mapping(values).validate()
         except ConfigError as err:
@@ -110,9 +119,9 @@ class ArchiveConfig:
     @classmethod
     def from_mapping(cls, values: dict) -> "ArchiveConfig":
         normalised = fields_from_mapping(cls, values, ("source", "dest", "state", "model"))
-        if isinstance(normalised.get("extensions"), str | list | tuple):
-            normalised["extensions"] = tuple(str(e) for e in (normalised["extensions"].split(",") if isinstance(
-                normalised["extensions"], str) else normalised["extensions"]))
+        if isinstance(normalised.get("extensions"), str | list | tuple):  # element types: checked by validate
+            normalised["extensions"] = tuple(normalised["extensions"].split(",") if isinstance(
+                normalised["extensions"], str) else normalised["extensions"])
         return cls(**normalised)
 
 
@@ -154,11 +163,20 @@ def _checkpoint(name: str, hook) -> None:
         hook(name)
 
 
+def _wait_at_barrier() -> None:
+    """For the concurrency tests: every run opening the same FIFO blocks until the test opens it for
+    writing, which releases them all at the same instant."""
+    fifo = os.environ.get(BARRIER_ENV)
+    if fifo:
+        with open(fifo, "rb") as released:
+            released.read()
+
+
 # ---------------------------------------------------------------- the run
 
 def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     """One scheduled run; `hook(checkpoint)` is called at each of CHECKPOINTS (tests)."""
-    from pipelines.archive_state import Lease, StateStore
+    from pipelines.archive_state import Lease, LeaseLost, StateStore
     from pipelines.model_refs import ModelRefError, resolve_model
 
     started = time.perf_counter()
@@ -166,52 +184,75 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     run_id = config.run_id or f"archive-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     s3 = storage.s3_spec_from_env()
     source, dest, state_root = (storage.resolve(getattr(config, n), s3) for n in ("source", "dest", "state"))
+    _check_reachable(source, dest)
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
         raise ConfigError("model", str(err)) from err
     store = StateStore(state_root)
     lease = Lease(store, Lease.default_owner(run_id), config.lease_ttl_s)
+    _wait_at_barrier()
     taken_over = lease.acquire()  # LeaseHeld propagates: nothing has been touched
     if taken_over:
         print(f"ugpnet archive: took over an expired lease ({taken_over.get('owner')})", file=sys.stderr)
-    lease.start_heartbeat()
+    # A lease lost mid-restore stops the restore at once (KeyboardInterrupt in this thread), not after
+    # the whole plan: another run may be working on the same objects by then. (Called from another
+    # thread, the run stops at its next check instead.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    lease.start_heartbeat(on_lost=_thread.interrupt_main if in_main_thread else None)
     try:
-        summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)
-    finally:
-        lease.stop_heartbeat()
-        lease.release()
+        try:
+            summary = _run_holding_lease(config, run_id, source, dest, store, lease, model, hook)
+        finally:
+            lease.stop_heartbeat()  # no interrupt can be requested after this
+            lease.release()
+    except KeyboardInterrupt:
+        if lease.lost is None:
+            raise
+        raise LeaseLost(f"{lease.lost}; the run stopped early") from None
     summary.duration_s = round(time.perf_counter() - started, 3)
     print(summary.line(), flush=True)
     return summary
 
 
+def _check_reachable(source, dest) -> None:
+    """Local source or dest folders that another node of the cluster cannot see: refused before the lease."""
+    from pipelines.cluster_paths import LocalPathError, check_on_named_cluster, local_paths
+
+    fields = {name: loc.uri for name, loc in (("source", source), ("dest", dest)) if loc.spec.scheme == "local"}
+    try:
+        check_on_named_cluster(local_paths(fields, outputs=("dest",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
+
+
 def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) -> "ArchiveSummary":
     from pipelines import archive_plan
-    from pipelines.archive_state import LeaseLost
 
-    head = store.head()
-    base_version = (head or {}).get("version", 0)
+    head = store.head_snapshot()  # StateCorrupt propagates: nothing is processed or committed
+    base_version = head.version
     summary = ArchiveSummary(run_id=run_id, committed=False, version=base_version)
     with tempfile.TemporaryDirectory(prefix="ugpnet-archive-") as scratch:
-        plan = archive_plan.plan_run(config, source, dest, store, head, model.model_version, scratch, summary)
+        plan = archive_plan.plan_run(config, source, dest, store, head.record, model.model_version, scratch,
+                                     summary)
         _checkpoint("planned", hook)
         outcomes = {}
         if plan.selected:
+            lease.renew()  # between blocks of work: a run that lost its lease stops here (LeaseLost)
             restore_config = config.restore_config(plan.plan_uri, run_id, model=model.bundle_dir)
             archive_plan.prepare_outputs(plan, store, base_version, model.model_version, restore_config, run_id)
             _checkpoint("invalidated", hook)
+            lease.renew()
             outcomes, summary.restore_exit_status = _process(restore_config, model, plan)
         _checkpoint("processed", hook)
         if not plan.selected and not summary.deleted:
             summary.message = f"nothing new or changed under {source.uri} (version {base_version} stays)"
             return summary
-        if lease.lost:
-            raise LeaseLost(str(lease.lost))
+        lease.check()
         record = archive_plan.write_version(plan, outcomes, store, base_version, run_id, model, config, summary,
                                             scratch)
         _checkpoint("before-commit", hook)
-        store.commit(record, base_version=base_version, lease=lease)
+        store.commit(record, base=head, lease=lease)
     summary.committed, summary.version = True, record["version"]
     _checkpoint("after-commit", hook)
     try:
@@ -233,7 +274,7 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
                            f"{model.model_version}")
     manifest = storage.resolve(result.manifest)
     table = pads.dataset(manifest.path, filesystem=manifest.filesystem, format="parquet").to_table(
-        columns=["input_uri", "status", "output_uri", "error"])
+        columns=["input_uri", "status", "output_uri", "error", "error_kind"])
     outcomes = {row["input_uri"]: row for row in table.to_pylist()}
     missing = [uri for uri in plan.uris if uri not in outcomes]
     if missing or len(outcomes) != table.num_rows:
@@ -246,7 +287,8 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
 
 RESTORE_FLAGS = (("--fit", str), ("--stages", str), ("--actors", str), ("--batch-size", int),
                  ("--gpus-per-actor", float), ("--cpus-per-actor", float), ("--cpus-per-task", float),
-                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float))
+                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float), ("--precision", str),
+                 ("--compile", str))
 
 
 def add_parsers(sub) -> None:
@@ -303,7 +345,7 @@ def _load_file(path: str) -> dict:
 
 
 def handle(args) -> int:
-    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost
+    from pipelines.archive_state import CommitConflict, LeaseHeld, LeaseLost, StateCorrupt
 
     config = config_from_args(args)  # ConfigError → exit 2
     if args.dry_run:
@@ -319,6 +361,10 @@ def handle(args) -> int:
         print(f"ugpnet archive: another archive run is active on {config.state}: lease {err}; "
               f"exiting without processing or committing", file=sys.stderr)
         return EXIT_LEASE_HELD
+    except StateCorrupt as err:
+        print(f"ugpnet archive: the archive state is damaged, not processing or committing: {err}",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
     except (LeaseLost, CommitConflict) as err:
         print(f"ugpnet archive: not committing: {err}; the next run will redo what this one did not commit",
               file=sys.stderr)

@@ -12,6 +12,7 @@ so is not a change.
 """
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC
 from typing import NamedTuple
@@ -86,6 +87,12 @@ def _walk(root: str, relative: str) -> Iterator[Entry]:
     with os.scandir(directory) as scan:
         children = []
         for item in scan:
+            if not storage.is_utf8(item.name):
+                # Such a key cannot be stored in the state (parquet strings are UTF-8) nor named in a plan:
+                # said on every run until renamed, and never allowed to stop the run.
+                print(f"ugpnet archive: skipping {storage.printable(os.path.join(directory, item.name))!r}: "
+                      f"its name is not valid UTF-8; rename it to have it processed", file=sys.stderr)
+                continue
             if item.is_dir(follow_symlinks=False):
                 children.append((item.name + "/", item.name, True))
             elif item.is_file():

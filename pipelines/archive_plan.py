@@ -1,10 +1,9 @@
-"""The steps of an archive run around the restore flow: plan (diff and select), prepare the outputs
-(invalidate stale done-markers), and write the next state version. See pipelines.archive for the order
+"""The steps of an archive run around the restore flow: plan (diff and select), record the attempt,
+and write the next state version. See pipelines.archive for the order
 and pipelines.archive_state for the files.
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipelines import storage
@@ -17,8 +16,8 @@ from pipelines.archive_state import (
     read_rows,
     utc_now,
 )
+from pipelines.error_kinds import is_input_error
 
-MARKER_DELETE_THREADS = 16  # S3 DELETE latency, not CPU, bounds invalidation
 PLAN_COLUMNS = ("uri", "key", "size", "etag", "mtime_ns", "fingerprint", "action")
 
 
@@ -87,36 +86,25 @@ def plan_run(config, source, dest, store: StateStore, head, model_version: str, 
 def _reprocess_action(config, row: dict, model_version: str) -> str | None:
     if config.reprocess_on_model_change and row["status"] == "ok" and row["model_version"] != model_version:
         return "model"
-    if config.retry_errors and row["status"] == "error":
+    # An error that was not the input's fault (access denied, throttling, the network, the model; or an
+    # error committed before errors had kinds) is retried by every run; the input's own stays until
+    # the object changes, or --retry-errors.
+    if row["status"] == "error" and (config.retry_errors or not is_input_error(row.get("error_kind"))):
         return "retry"
     return None
 
 
 def prepare_outputs(plan: Plan, store: StateStore, base_version: int, model_version: str, restore_config,
                     run_id: str) -> None:
-    """Delete the done-marker of every selected object, so restore redoes it (a changed or re-added
-    object keeps its key, hence its output name and marker). Objects that an uncommitted run on the same
-    base and model already invalidated keep their markers: those were written for this very content.
-    The pending record is written last: only a finished invalidation is ever trusted."""
-    from pipelines.restore_inputs import output_key
-    from pipelines.restore_stages import marker_key
-
-    dest = storage.resolve(restore_config.output)
-    trusted = store.trusted_attempts(base_version, model_version)
-    markers = []
-    for item in plan.selected:
-        if (item["key"], item["fingerprint"]) in trusted:
-            continue
-        try:
-            key = output_key(item["key"], ext=restore_config.ext, suffix=restore_config.suffix)
-            markers.append(dest.child(marker_key(key, model_version)))
-        except storage.StorageError:
-            continue  # an unusable name: restore records it as an error row
-    with ThreadPoolExecutor(MARKER_DELETE_THREADS) as pool:
-        list(pool.map(storage.delete_if_exists, markers))
+    """Record that this run is about to restore its plan on `base_version` (pending/, for audits;
+    forgotten at commit). No done-marker is deleted: the plan carries each object's size and ETag (or
+    mtime), which restore's markers record, so a changed object no longer matches its old marker and is
+    redone, while an object whose finished output matches (a re-run after a crash) is reused. Markers
+    therefore stay until their own input's new output replaces them, and another input's marker is never
+    touched: an object mapped onto an output that another object owns becomes a collision error row."""
     store.write_json(f"pending/{base_version:010d}/{run_id}.json",
                      {"run_id": run_id, "base_version": base_version, "model_version": model_version,
-                      "plan": plan.plan_relative, "invalidated": len(markers), "written_at": utc_now().isoformat()})
+                      "plan": plan.plan_relative, "selected": len(plan.selected), "written_at": utc_now().isoformat()})
 
 
 def write_version(plan: Plan, outcomes: dict, store: StateStore, base_version: int, run_id: str, model, config,
@@ -134,7 +122,8 @@ def write_version(plan: Plan, outcomes: dict, store: StateStore, base_version: i
         processed.append({"key": item["key"], "size": item["size"], "etag": item["etag"],
                           "mtime_ns": item["mtime_ns"], "status": "ok" if ok else "error",
                           "output_uri": outcome["output_uri"] if ok else None,
-                          "error": None if ok else outcome["error"], "model_version": model.model_version,
+                          "error": None if ok else outcome["error"],
+                          "error_kind": None if ok else outcome.get("error_kind"), "model_version": model.model_version,
                           "run_id": run_id, "processed_at": processed_at, "action": item["action"]})
     state = RowSink(os.path.join(scratch, "state.parquet"), STATE_SCHEMA)
     for row in _merge(read_rows(plan.carry_path), processed):

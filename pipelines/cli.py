@@ -6,8 +6,10 @@ and config validation stay fast.
 
 import argparse
 import sys
+import traceback
 
 from pipelines import archive, data_prepare, demo, evaluate, model_commands, registry_commands, restore, train
+from pipelines.redaction import redact
 
 VERB_MODULES = [model_commands, registry_commands, restore, archive, train, evaluate, demo, data_prepare]
 
@@ -30,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (CommandError, ValueError, FileNotFoundError) as exc:
-        print(f"ugpnet {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"ugpnet {args.verb}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:  # unexpected: the traceback, as Python prints it, minus credentials
+        # (MLflow, for one, quotes the whole tracking URI, `https://user:token@host`, in its errors).
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pipelines import storage
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
 from pipelines.restore import (
     DEFAULT_EXTENSIONS,
+    PRECISIONS,
     ConfigError,
     _choice,
     _extensions,
@@ -61,6 +62,7 @@ class EvaluateConfig:
     grid_crop: int = 192                        # ground-truth pixels per grid panel (centre square, 1:1)
     actors: int = 1                             # model actors
     batch_size: int = 4                         # model-size tiles per forward pass
+    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16: CUDA only)
     gpus_per_actor: float | None = None         # None: 1 when the Ray cluster has GPUs, else 0
     cpus_per_actor: float = 0.5
     cpus_per_task: float = 0.5
@@ -68,6 +70,7 @@ class EvaluateConfig:
     images_per_block: int = 2                   # clean images per Ray Data block
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_pixels: int = 100_000_000               # larger clean images become error rows
+    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
 
     def validate(self) -> "EvaluateConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -91,8 +94,10 @@ class EvaluateConfig:
         _integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
         _integer("actors", self.actors, minimum=1)
         _integer("batch_size", self.batch_size, minimum=1)
+        _choice("precision", self.precision, PRECISIONS)
         if self.gpus_per_actor is not None:
             _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+            _check_fp16(self)
         _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.cpus_per_actor == 0 and not self.gpus_per_actor:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
@@ -101,6 +106,12 @@ class EvaluateConfig:
         _integer("images_per_block", self.images_per_block, minimum=1)
         self.extensions = _extensions(self.extensions)
         _integer("max_pixels", self.max_pixels, minimum=1)
+        if not isinstance(self.allow_local_manifest_paths, bool):
+            raise ConfigError("allow_local_manifest_paths", f"must be true or false, got "
+                                                            f"{self.allow_local_manifest_paths!r}")
+        for name in ("vgg16", "lpips_heads"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a file path, got {getattr(self, name)!r}")
         return self
 
     def _strengths(self) -> tuple[float, ...]:
@@ -186,13 +197,22 @@ class EvaluateSummary:
 def run(config: EvaluateConfig) -> EvaluateSummary:
     """Validate, plan on the driver, stream degrade → model → metrics through Ray Data, report."""
     from pipelines.model_refs import ModelRefError, resolve_model
-    from pipelines.restore_inputs import InputError, list_inputs
+    from pipelines.restore import refuse_entries_under
+    from pipelines.restore_inputs import InputError, ManifestPolicy, list_inputs
 
     started, started_at = time.perf_counter(), datetime.now(UTC)
     config.validate()
     run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     s3 = storage.s3_spec_from_env()
     report = _report_root(config.report, s3)
+    try:
+        source = storage.resolve(config.data, s3)
+    except storage.StorageError as err:
+        raise ConfigError("data", str(err)) from err
+    try:
+        storage.disjoint_roots(report, "report", {"data": source})
+    except storage.StorageError as err:
+        raise ConfigError("report", str(err)) from err
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
@@ -207,14 +227,16 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
     if "lpips" in config.metrics:
         _check_lpips_files(config)
     try:
-        source = storage.resolve(config.data, s3)
-        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=report)
+        items, kind = list_inputs(source, extensions=config.extensions, s3=s3, exclude=report,
+                                  policy=ManifestPolicy(allow_local_paths=config.allow_local_manifest_paths))
     except (InputError, OSError) as err:
         raise ConfigError("data", str(err)) from err
     if not items:
         raise ConfigError("data", f"no images ({', '.join(config.extensions)}) under {config.data}")
-    rows = [{"image": item.relative_key, "input_uri": item.input_uri, "status": "pending", "error": "",
-             "grid": index < config.grid_images} for index, item in enumerate(items)]
+    if kind == "manifest":
+        refuse_entries_under(report, "report", items, input_name="data")
+    rows = [{"image": item.relative_key, "input_uri": item.input_uri, "status": "error" if item.error else "pending",
+             "error": item.error, "grid": index < config.grid_images} for index, item in enumerate(items)]
 
     table = _execute(rows, config, model, report, s3, run_id)
     return _finish(table, config, model, report, run_id, len(rows), started, started_at)
@@ -243,6 +265,24 @@ def _check_lpips_files(config: EvaluateConfig) -> None:
         raise ConfigError("lpips_heads" if "head" in text.lower() else "vgg16", text) from err
 
 
+def _check_fp16(config: EvaluateConfig) -> None:
+    if config.precision == "fp16" and config.gpus_per_actor == 0:
+        raise ConfigError("precision", "fp16 runs only on CUDA and the model actors get no GPU; use bf16 or fp32")
+
+
+def _check_reachable(config: EvaluateConfig, rows: list[dict], report: storage.Location) -> None:
+    """Local data, report folder or LPIPS files the cluster's other nodes cannot see are refused."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    fields = {"data": next((r["input_uri"] for r in rows if "://" not in r["input_uri"]), None),
+              "report": report.uri if report.spec.scheme == "local" else None,
+              "vgg16": config.vgg16, "lpips_heads": config.lpips_heads}
+    try:
+        check_local_paths(local_paths(fields, outputs=("report",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
+
+
 def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     import pyarrow as pa
     import ray
@@ -255,13 +295,15 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     try:
         if config.gpus_per_actor is None:  # GPU when present
             config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        _check_fp16(config)
+        _check_reachable(config, rows, report)
         _check_resources(config, _actor_memory(model))
         settings = EvalSettings(
             run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,
             scale=model.scale, fit=config.fit, batch_size=config.batch_size, max_pixels=config.max_pixels,
             with_lpips="lpips" in config.metrics, vgg16=config.vgg16, lpips_heads=config.lpips_heads,
             grid_crop=config.grid_crop, report_root=report, s3=s3, model_ref=config.model,
-            model_version=model.model_version)
+            model_version=model.model_version, precision=config.precision)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / config.images_per_block)))
         dataset = dataset.map_batches(read_decode_degrade, fn_kwargs={"settings": settings}, batch_size=None,
                                       batch_format="numpy", num_cpus=config.cpus_per_task)
@@ -350,9 +392,12 @@ def add_parsers(sub) -> None:
     arg("--grid-crop", type=int, help="ground-truth pixels per grid panel, centre square (default: 192)")
     arg("--actors", type=int, help="model actors (default: 1)")
     arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
     arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")
+    arg("--allow-local-manifest-paths", action="store_true", default=None,
+        help="let a manifest read from S3 name local files (default: such entries are error rows)")
     parser.set_defaults(handler=handle)
 
 

@@ -100,6 +100,7 @@ class EvalSettings:
     s3: storage.StorageSpec
     model_ref: str
     model_version: str
+    precision: str = "fp32"   # the forward pass's autocast (ugpnet.inference); outputs stay float32
 
 
 # ---------------------------------------------------------------- read, decode, degrade (CPU task)
@@ -220,13 +221,14 @@ class EvaluateModel:
         import torch
         from torch.nn import functional as F
 
+        from ugpnet.inference import autocast
         from ugpnet.metrics import to_uint8_levels
 
         # Copies: Ray hands read-only views of its object store, which torch must not write through.
         gt = torch.tensor(gt_array, device=self.device)[None]
         lq = torch.tensor(lq_array, device=self.device)[None]
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.settings.precision, self.device):
             result = self.model.restore(lq[0], fit=self.settings.fit, batch_size=self.settings.batch_size,
                                         return_all=True)
         model_ms = (time.perf_counter() - started) * 1000

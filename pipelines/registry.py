@@ -9,6 +9,8 @@ import hashlib
 import operator
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,9 @@ BUNDLE_ARTIFACT = "bundle"
 # Explicit requirements: inferred ones would pin the local CPU build of torch that no registry serves.
 PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "mlflow>=3.0"]
 CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
+# Written last into a finished download: a cache folder without it (a download killed half way, or one
+# made before this marker existed) is fetched again, never trusted.
+COMPLETE_MARKER = ".ugpnet-download-complete"
 REF_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -74,14 +79,33 @@ def download_bundle(ref: str) -> tuple[Path, str]:
     tracking = mlflow.get_tracking_uri()
     key = hashlib.sha256(f"{tracking}|{version.name}|{version.version}".encode()).hexdigest()[:16]
     target = CACHE_DIR / "registry" / key
-    if not (target / "MLmodel").is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
-                                            dst_path=str(target))
+    if not (target / COMPLETE_MARKER).is_file():
+        _download_whole(f"models:/{version.name}/{version.version}", target)
     bundle = bundle_path_in_model(target)
     if bundle is None:
         raise FileNotFoundError(f"{ref}: the registered model holds no UGPNet bundle artifact")
     return bundle, f"{version.name}/{version.version}"
+
+
+def _download_whole(artifact_uri: str, target: Path) -> None:
+    """Download into a hidden temp folder beside `target`, mark it complete, then rename it into place:
+    `target` is either absent, incomplete from an older version (replaced), or whole."""
+    import mlflow
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(partial))
+        (partial / COMPLETE_MARKER).write_text(artifact_uri + "\n")
+        if target.exists() and not (target / COMPLETE_MARKER).is_file():
+            shutil.rmtree(target)  # an incomplete earlier download
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).is_file():  # another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def bundle_path_in_model(model_dir: Path) -> Path | None:

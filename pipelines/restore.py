@@ -9,9 +9,12 @@
 Only counts come back to the driver. The model reference is resolved once, on the driver; its
 content hash is the model version recorded in every row and used to skip finished inputs on re-runs.
 
-Exit status: 0 when every input got an outcome (errors included), EXIT_ERROR_RATE when more than
-`max_error_rate` of the processed inputs errored, EXIT_RUN_FAILED when the run itself failed, and 2
-(the CLI's usual) for a bad configuration, which is caught before any work.
+Exit status: 0 when every input got an outcome (errors of the inputs' own making included);
+EXIT_ERROR_RATE when more than `max_error_rate` of the processed inputs errored, when every input
+errored, or when there were errors and none of them was the input's fault (access denied, throttling,
+network, server, model, output store: see pipelines.error_kinds), since such a run did not do its job;
+EXIT_RUN_FAILED when the run itself failed; and 2 (the CLI's usual) for a bad configuration, which is
+caught before any work.
 """
 
 import json
@@ -26,7 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import storage
+from pipelines.done_markers import output_settings
+from pipelines.error_kinds import is_input_error
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # ugpnet.inference.PRECISIONS (not imported: it pulls in torch)
+COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
@@ -39,6 +47,9 @@ STAGE_MODES = ("fused", "split")
 ACTOR_BASE_MEMORY = 1 << 30
 ACTOR_WEIGHT_COPIES = 3
 MANIFEST_ROWS_PER_FILE = 1000
+# Attempts at one model batch whose actor dies (Ray Data's default retries forever): a batch that
+# kills its actor every time (e.g. out of memory) then becomes error rows and the run ends.
+MODEL_TASK_RETRIES = 2
 
 
 class ConfigError(ValueError):
@@ -59,7 +70,11 @@ class RestoreConfig:
     fit: str = "resize"                         # resize | tile | error (see ugpnet.fitting)
     stages: str = "fused"                       # fused: one pool runs all modules; split: one pool per module
     actors: tuple[int, ...] = (1,)              # pool size; split: one for all pools or restoration,synthesis,fusion
-    batch_size: int = 4                         # model-size tiles per forward pass (and images per model call)
+    batch_size: int | None = None               # model-size tiles per forward pass (and images per model call);
+                                                #   None: the actor measures its device's best (see model_runtime)
+    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16 needs gpus_per_actor > 0: CUDA only)
+    compile: str = "off"                        # off | on | auto: torch.compile when the planned work amortises it
+    compile_cache_dir: str = ""                 # inductor cache on each actor's node; "" → ~/.cache/ugpnet/inductor
     gpus_per_actor: float = 0.0                 # fractional allowed; 0 on CPU
     cpus_per_actor: float = 0.5                 # Ray CPUs reserved per model actor
     cpus_per_task: float = 0.5                  # Ray CPUs reserved per read/decode or encode/write task
@@ -74,8 +89,10 @@ class RestoreConfig:
     tile_overlap: int | None = None             # input pixels; default input_size // 4
     max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
     max_output_pixels: int = 400_000_000        # larger outputs (width*height*scale²) are refused too
-    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * batch_size
+    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * images per model call
     run_id: str | None = None                   # default: UTC time + random suffix
+    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
+    manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
 
     def validate(self) -> "RestoreConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -95,17 +112,25 @@ class RestoreConfig:
         if len(self.actors) not in wanted:
             raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
                                         f"got {len(self.actors)}: {self.actors}")
-        _integer("batch_size", self.batch_size, minimum=1)
+        if self.batch_size is not None:
+            _integer("batch_size", self.batch_size, minimum=1)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_MODES)
+        if not isinstance(self.compile_cache_dir, str):
+            raise ConfigError("compile_cache_dir", f"must be a folder path, got {self.compile_cache_dir!r}")
         _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
         _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        if self.precision == "fp16" and self.gpus_per_actor == 0:
+            raise ConfigError("precision", "fp16 runs only on CUDA and gpus_per_actor is 0; on CPU use bf16 or fp32")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
         _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
         _integer("threads_per_actor", self.threads_per_actor, minimum=0)
-        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix:
+        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix \
+                or storage.unsafe_key_reason(self.suffix or "x"):
             raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
         _integer("quality", self.quality, minimum=1, maximum=100)
-        for name in ("save_intermediate", "overwrite"):
+        for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         _number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
@@ -115,10 +140,16 @@ class RestoreConfig:
         _integer("max_pixels", self.max_pixels, minimum=1)
         _integer("max_output_pixels", self.max_output_pixels, minimum=1)
         _integer("rows_per_block", self.rows_per_block, minimum=0)
-        if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id
-                                        or storage.safe_relative_key(self.run_id) != self.run_id or "/" in self.run_id):
-            raise ConfigError("run_id", f"must be a plain name (no '/', '..' or control chars), got {self.run_id!r}")
+        if self.run_id is not None:
+            plain_name("run_id", self.run_id)
+        self.manifest_buckets = _bucket_names("manifest_buckets", self.manifest_buckets)
         return self
+
+    @property
+    def manifest_policy(self):
+        from pipelines.restore_inputs import ManifestPolicy
+
+        return ManifestPolicy(allow_local_paths=self.allow_local_manifest_paths, buckets=self.manifest_buckets)
 
     @property
     def pool_sizes(self) -> dict[str, int]:
@@ -137,6 +168,7 @@ class RestoreConfig:
         """The config as recorded in run summaries (it holds no secrets: those stay in the environment)."""
         data = asdict(self)
         data["actors"], data["extensions"] = list(self.actors), list(self.extensions)
+        data["manifest_buckets"] = list(self.manifest_buckets)
         return data
 
 
@@ -179,19 +211,58 @@ def _number(name, value, minimum=None, maximum=None, exclusive=False):
 
 
 def _int_tuple(name, value) -> tuple[int, ...]:
-    parts = str(value).split(",") if isinstance(value, str | int) else list(value)
-    try:
-        return tuple(int(str(part).strip()) for part in parts)
-    except ValueError:
-        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}") from None
+    """`2`, `"1,2,3"` or `[1, 2, 3]`; anything else (1.5, null, true, "2.5") is refused, naming the field."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = None
+    if not parts or not all(_is_plain_int(part) for part in parts):
+        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}")
+    return tuple(int(str(part).strip()) for part in parts)
+
+
+def _is_plain_int(part) -> bool:
+    if isinstance(part, bool):
+        return False
+    return isinstance(part, int) or isinstance(part, str) and part.strip().isascii() and part.strip().isdigit()
 
 
 def _extensions(value) -> tuple[str, ...]:
-    parts = str(value).split(",") if isinstance(value, str) else list(value)
-    cleaned = tuple("." + str(p).strip().lower().lstrip(".") for p in parts if str(p).strip())
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise ConfigError("extensions", f"must be comma-separated file endings or a list of them, got {value!r}")
+    cleaned = tuple("." + p.strip().lower().lstrip(".") for p in parts if p.strip())
     if not cleaned:
         raise ConfigError("extensions", "needs at least one file ending, e.g. jpg,png")
     return cleaned
+
+
+def _bucket_names(name, value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(name, f"must be comma-separated bucket names, got {value!r}")
+    names = tuple(v.strip() for v in value)
+    bad = [v for v in names if "/" in v or ":" in v or "@" in v]
+    if bad:
+        raise ConfigError(name, f"must be bare bucket names (no s3://, '/' or credentials), got {bad[0]!r}")
+    return names
+
+
+def plain_name(name: str, value) -> str:
+    """A run id: one path segment, so it can name a folder under any root."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
+            or len(value) > 200 or storage.unsafe_key_reason(value):
+        raise ConfigError(name, f"must be a plain name (no '/', '\\', '.', '..' or control characters), "
+                                f"got {value!r}")
+    return value
 
 
 @dataclass
@@ -210,10 +281,23 @@ class RunSummary:
     summary_path: str
     model: dict
     stage_ms: dict = field(default_factory=dict)  # summed per-input milliseconds per stage
+    error_kinds: dict = field(default_factory=dict)  # errors per kind (pipelines.error_kinds)
+
+    @property
+    def failure(self) -> str:
+        """Why the run did not do its job ('' when it did): the reason behind EXIT_ERROR_RATE."""
+        if self.error_rate > self.max_error_rate:
+            return f"error rate {self.error_rate:.3f} exceeds --max-error-rate {self.max_error_rate}"
+        if self.errors and self.errors == self.total:
+            return f"every input ({self.total}) ended in an error"
+        if self.errors and not any(is_input_error(kind) for kind in self.error_kinds):
+            kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.error_kinds.items()))
+            return f"every error ({kinds}) came from the store, the network or this system, not from an input"
+        return ""
 
     @property
     def exit_status(self) -> int:
-        return EXIT_ERROR_RATE if self.error_rate > self.max_error_rate else 0
+        return EXIT_ERROR_RATE if self.failure else 0
 
     def line(self) -> str:
         return (f"restore {self.run_id}: {self.ok} ok, {self.errors} error, {self.skipped} skipped of {self.total} "
@@ -227,6 +311,7 @@ def run(config: RestoreConfig) -> RunSummary:
     """Validate, plan on the driver, stream the inputs through Ray Data, write the summary."""
     from pipelines.model_refs import ModelRefError, load_payload, resolve_model
     from pipelines.restore_inputs import InputError, list_inputs, plan_rows
+    from pipelines.restore_lost import record_lost_rows
 
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -235,19 +320,26 @@ def run(config: RestoreConfig) -> RunSummary:
     s3 = storage.s3_spec_from_env()
     source = _location("input", config.input, s3)
     output = _location("output", config.output, s3)
-    if source.spec == output.spec and source.path == output.path:
-        raise ConfigError("output", "must differ from the input (outputs would overwrite inputs)")
+    try:
+        storage.disjoint_roots(output, "output", {"input": source})
+    except storage.StorageError as err:
+        raise ConfigError("output", str(err)) from err
     _check_output_root(output)
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
         raise ConfigError("model", str(err)) from err
     try:
-        items, _ = list_inputs(source, extensions=config.extensions, s3=s3, exclude=output)
+        items, kind = list_inputs(source, extensions=config.extensions, s3=s3, exclude=output,
+                                  policy=config.manifest_policy)
     except (InputError, OSError) as err:
         raise ConfigError("input", str(err)) from err
+    if kind == "manifest":
+        refuse_entries_under(output, "output", items)
     rows = plan_rows(items, output_root=output, ext=config.ext, suffix=config.suffix,
-                     model_version=model.model_version, overwrite=config.overwrite)
+                     model_version=model.model_version, overwrite=config.overwrite, settings=output_settings(
+                         fit=config.fit, tile_overlap=config.tile_overlap, ext=config.ext, quality=config.quality,
+                         save_intermediate=config.save_intermediate))
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
     if storage.list_files(manifest_dir):
@@ -257,13 +349,16 @@ def run(config: RestoreConfig) -> RunSummary:
 
         started_ray = _ensure_ray()
         try:
+            check_reachable_inputs(output, items)
             _check_resources(config, _actor_memory(model))
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir)
+            record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
+                             model_version=model.model_version, attempts=1 + MODEL_TASK_RETRIES)
         finally:
             if started_ray:
                 ray.shutdown()
-    counts, stage_ms = _read_back(manifest_dir) if rows else ({}, {})
+    counts, stage_ms, error_kinds = _read_back(manifest_dir) if rows else ({}, {}, {})
     if sum(counts.values()) != len(rows):
         raise RuntimeError(f"the manifest holds {sum(counts.values())} rows for {len(rows)} inputs")
     duration = time.perf_counter() - started
@@ -273,9 +368,9 @@ def run(config: RestoreConfig) -> RunSummary:
         duration_s=round(duration, 3), images_per_s=round(ok / duration, 4) if duration > 0 else 0.0,
         error_rate=round(errors / (ok + errors), 6) if ok + errors else 0.0, max_error_rate=config.max_error_rate,
         output=output.uri, manifest=manifest_dir.uri, summary_path=output.child(f"_ugpnet/runs/{run_id}.json").uri,
-        model=model.describe(), stage_ms=stage_ms)
+        model=model.describe(), stage_ms=stage_ms, error_kinds=error_kinds)
     record = {**asdict(summary), "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
-              "exit_status": summary.exit_status, "config": config.public_dict(),
+              "exit_status": summary.exit_status, "failure": summary.failure, "config": config.public_dict(),
               "error_rate_definition": "errors / (ok + errors)"}
     storage.write_bytes(output.child(f"_ugpnet/runs/{run_id}.json"), json.dumps(record, indent=2).encode())
     print(summary.line(), flush=True)
@@ -287,6 +382,30 @@ def _location(name: str, uri: str, s3: storage.StorageSpec) -> storage.Location:
         return storage.resolve(uri, s3)
     except storage.StorageError as err:
         raise ConfigError(name, str(err)) from err
+
+
+def refuse_entries_under(output: storage.Location, output_name: str, items, input_name: str = "input") -> None:
+    """A manifest entry inside the output root could be overwritten by an output: refuse the run."""
+    for number, item in enumerate(items, start=1):
+        if item.error:
+            continue
+        try:
+            storage.disjoint_roots(output, output_name, {f"manifest entry {number}": storage.resolve(item.input_uri)})
+        except storage.StorageError as err:
+            raise ConfigError(input_name, str(err)) from err
+
+
+def check_reachable_inputs(output: storage.Location, items) -> None:
+    """Local inputs or outputs that the cluster's other nodes cannot see are refused (one probe task per
+    node; nothing on a single node). One local input file stands for the rest (a manifest can list files)."""
+    from pipelines.cluster_paths import LocalPathError, check_local_paths, local_paths
+
+    local_input = next((item.input_uri for item in items if "://" not in item.input_uri), None)
+    fields = {"input": local_input, "output": output.uri if output.spec.scheme == "local" else None}
+    try:
+        check_local_paths(local_paths(fields, outputs=("output",)))
+    except LocalPathError as err:
+        raise ConfigError(err.field, err.reason) from err
 
 
 def _check_output_root(output: storage.Location) -> None:
@@ -345,53 +464,101 @@ def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
 def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir) -> None:
     import ray
 
-    from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
+    from pipelines.restore_stages import StageSettings
 
     settings = StageSettings(
         run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
         quality=config.quality, save_intermediate=config.save_intermediate)
-    rows_per_block = config.rows_per_block or 2 * config.batch_size
+    # A block still failing after its retries is carried past, not the run's end: its rows get
+    # their error rows afterwards (pipelines/restore_lost.py).
+    context = ray.data.DataContext.get_current().copy()
+    context.max_errored_blocks = -1
+    with ray.data.DataContext.current(context):
+        _run_dataset(rows, config, model, payload_ref, settings, manifest_dir)
+
+
+def _run_dataset(rows, config, model, payload_ref, settings, manifest_dir) -> None:
+    import ray
+
+    from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
+
+    rows_per_call = rows_per_model_call(config)
+    rows_per_block = config.rows_per_block or 2 * rows_per_call
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     dataset = dataset.map_batches(read_decode_fit, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
     threads = config.threads_per_actor or max(1, math.ceil(config.cpus_per_actor))
     actor_memory = _actor_memory(model)
     # A re-run with nothing left to do starts no model actors; its rows only need recording.
-    pools = config.pool_sizes if any(row["status"] == PENDING for row in rows) else {}
+    pending = sum(row["status"] == PENDING for row in rows)
+    pools = config.pool_sizes if pending else {}
     for module, size in pools.items():
+        execution = execution_settings(config, planned_images=math.ceil(pending / size))
         dataset = dataset.map_batches(
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,
                                                    use_gpu=config.gpus_per_actor > 0,
-                                                   keep_intermediate=config.save_intermediate),
-            batch_size=config.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+                                                   keep_intermediate=config.save_intermediate, execution=execution),
+            batch_size=rows_per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
             # Reserving the model's memory also keeps Ray from fusing the CPU decode tasks into the
-            # model actors (it fuses only stages with equal resource requests). Ray Data restarts a
-            # killed actor and re-runs its batch by default (max_restarts=-1, max_task_retries=-1).
-            memory=actor_memory)
+            # model actors (it fuses only stages with equal resource requests). A killed actor is
+            # restarted (the pool needs it for the other batches), but its batch is re-run only
+            # MODEL_TASK_RETRIES times: Ray Data's default (-1) re-runs a batch that kills it forever.
+            # One batch in flight per actor, so that a death is charged to the batch that caused
+            # it alone (a queued batch would lose an attempt too, and could run out of them).
+            memory=actor_memory, max_restarts=-1, max_task_retries=MODEL_TASK_RETRIES)
     dataset = dataset.map_batches(encode_and_write, fn_kwargs={"settings": settings}, batch_size=None,
                                   batch_format="numpy", num_cpus=config.cpus_per_task)
-    dataset.write_parquet(manifest_dir.path, filesystem=manifest_dir.filesystem,
+    # Local parquet files are written into a hidden folder and moved up once all are whole, so a killed
+    # run leaves no truncated file where readers look (they skip names starting with "." or "_").
+    # An S3 PUT is atomic already.
+    local = manifest_dir.spec.scheme == "local"
+    target = manifest_dir.child(f".partial-{uuid.uuid4().hex[:8]}") if local else manifest_dir
+    dataset.write_parquet(target.path, filesystem=target.filesystem,
                           min_rows_per_file=min(len(rows), MANIFEST_ROWS_PER_FILE),
                           # S3 has no folders: creating one would leave empty "dir/" objects behind
-                          try_create_dir=manifest_dir.spec.scheme == "local")
+                          try_create_dir=local)
+    if local:
+        storage.publish_local_folder(target, manifest_dir)
 
 
-def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float]]:
-    """Counts per status and summed stage times: the only things the driver reads of the results."""
+def rows_per_model_call(config) -> int:
+    """Images per Ray Data batch given to a model actor: the batch size when set, else enough rows for
+    the largest batch the actor's measurement may pick on its device."""
+    from pipelines.model_runtime import AUTO_ROWS_PER_CALL
+
+    if config.batch_size:
+        return config.batch_size
+    return AUTO_ROWS_PER_CALL["gpu" if config.gpus_per_actor > 0 else "cpu"]
+
+
+def execution_settings(config, planned_images: int):
+    """How every model actor runs (precision, compile, batch size), from a restore or evaluate config."""
+    from pipelines.model_runtime import ExecutionSettings
+
+    return ExecutionSettings(precision=config.precision, compile=config.compile,
+                             compile_cache_dir=config.compile_cache_dir, batch_size=config.batch_size,
+                             planned_images=max(1, planned_images))
+
+
+def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
+    """Counts per status, summed stage times and errors per kind: the only things the driver reads of
+    the results."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    columns = ["status", "read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms"]
+    columns = ["status", "error_kind", "read_ms", "decode_ms", "model_ms", "encode_ms", "write_ms"]
     table = pads.dataset(manifest_dir.path, filesystem=manifest_dir.filesystem, format="parquet").to_table(
         columns=columns)
     counts = {status: int(pc.sum(pc.equal(table["status"], status)).as_py() or 0) for status in (OK, ERROR, SKIPPED,
                                                                                                   PENDING)}
-    stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[1:]}
-    return {k: v for k, v in counts.items() if v}, stage_ms
+    stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[2:]}
+    kinds = pc.value_counts(table["error_kind"].drop_null()).to_pylist()
+    return {k: v for k, v in counts.items() if v}, stage_ms, {item["values"]: item["counts"] for item in kinds}
 
 
 # ---------------------------------------------------------------- CLI
@@ -407,7 +574,12 @@ def add_parsers(sub) -> None:
     arg("--fit", choices=("resize", "tile", "error"), help="how any image size meets the model (default: resize)")
     arg("--stages", choices=STAGE_MODES, help="fused: one actor pool; split: one pool per module (default: fused)")
     arg("--actors", help="actors per pool; split mode also takes R,S,F (default: 1)")
-    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
+    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: measured per device when "
+                                       "each actor starts; on CPU never slower per image than 1)")
+    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
+    arg("--compile", choices=COMPILE_MODES,
+        help="torch.compile the model: auto compiles when the planned images amortise it (default: off)")
+    arg("--compile-cache-dir", help="inductor cache folder on each actor's node (default: ~/.cache/ugpnet/inductor)")
     arg("--gpus-per-actor", type=float, help="GPUs per model actor, fractional allowed (default: 0)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--cpus-per-task", type=float, help="CPUs reserved per decode/encode task (default: 0.5)")
@@ -423,8 +595,11 @@ def add_parsers(sub) -> None:
     arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
     arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
     arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: 400000000)")
-    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x batch size)")
+    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x images per model call)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
+    arg("--allow-local-manifest-paths", action="store_true", default=None,
+        help="let a manifest read from S3 name local files (default: such entries are error rows)")
+    arg("--manifest-buckets", help="comma-separated buckets a manifest on S3 may name besides its own")
     parser.set_defaults(handler=handle)
 
 
@@ -468,6 +643,5 @@ def handle(args) -> int:
         print(f"ugpnet restore: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
     if summary.exit_status == EXIT_ERROR_RATE:
-        print(f"ugpnet restore: error rate {summary.error_rate:.3f} exceeds --max-error-rate "
-              f"{summary.max_error_rate}", file=sys.stderr)
+        print(f"ugpnet restore: {summary.failure}", file=sys.stderr)
     return summary.exit_status

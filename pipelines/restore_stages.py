@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from pipelines import storage
+from pipelines import fault_hooks, storage
+from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, kind_of_stage
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
 MODULES = ("restoration", "synthesis", "fusion")
 READ_THREADS = 8  # concurrent GETs per read task: S3 latency, not CPU, bounds reading
-DONE_DIR = "_ugpnet/done"
 INTERMEDIATE_DIR = "_intermediate"
 
 MANIFEST_SCHEMA = pa.schema([
@@ -34,6 +34,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("output_uri", pa.string()),
     ("status", pa.string()),           # ok | error | skipped
     ("error", pa.string()),            # "<stage>: <reason>" for errors, else null
+    ("error_kind", pa.string()),       # why, for errors (pipelines.error_kinds): corrupt, access_denied, …
     ("model_ref", pa.string()),
     ("model_version", pa.string()),
     ("width", pa.int32()),             # input pixels, after EXIF orientation
@@ -76,11 +77,6 @@ class StageSettings:
     save_intermediate: bool
 
 
-def marker_key(output_rel: str, model_version: str) -> str:
-    """Written after the output: its presence means the output exists for that model version."""
-    return f"{DONE_DIR}/{output_rel}@{model_version}"
-
-
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
 
 def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
@@ -100,10 +96,10 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     for index, row in enumerate(rows):
         tiles, alpha, plan, info = empty_tiles, np.zeros((0, 0), np.float32), "", {}
         if index in reads:
-            data, read_ms, read_error = reads[index]
+            data, read_ms, read_error, read_kind = reads[index]
             info["read_ms"] = read_ms
             if read_error:
-                row["status"], row["error"] = ERROR, f"read: {read_error}"
+                row["status"], row["error"], row["error_kind"] = ERROR, f"read: {read_error}", read_kind
             else:
                 info["bytes_in"] = len(data)
                 started = time.perf_counter()
@@ -113,6 +109,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                 except Exception as err:  # every failure becomes this row's error, never the job's
                     stage = getattr(err, "stage", "decode")
                     row["status"], row["error"] = ERROR, f"{stage}: {_reason(err)}"
+                    row["error_kind"] = SIZE if stage == "fit" else CORRUPT
                     info.update(getattr(err, "info", {}))
                 info["decode_ms"] = (time.perf_counter() - started) * 1000
         for key, value in row.items():
@@ -129,13 +126,14 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     return out
 
 
-def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str]:
+def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str, str]:
+    """(bytes, milliseconds, error text, error kind); the error parts are empty on success."""
     started = time.perf_counter()
     try:
         data = storage.read_bytes(storage.resolve(uri, s3))
-        return data, (time.perf_counter() - started) * 1000, ""
+        return data, (time.perf_counter() - started) * 1000, "", ""
     except Exception as err:
-        return b"", (time.perf_counter() - started) * 1000, _reason(err)
+        return b"", (time.perf_counter() - started) * 1000, _reason(err), classify_read_error(err)
 
 
 class _StageError(Exception):
@@ -176,18 +174,22 @@ class ModelStage:
     actor) or one of MODULES (split mode: a pool per module, features passed in the rows)."""
 
     def __init__(self, payload_ref, module: str, batch_size: int, threads: int, use_gpu: bool,
-                 keep_intermediate: bool):
+                 keep_intermediate: bool, execution=None):
         import ray
         import torch
 
+        from pipelines.model_runtime import ExecutionSettings, ModuleRunner
+
         if module not in ("fused", *MODULES):
             raise ValueError(f"unknown model module {module!r}")
+        # The object store hands every actor the same bytes: one copy per node, no shared disk needed.
         payload = ray.get(payload_ref) if isinstance(payload_ref, ray.ObjectRef) else payload_ref
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
         self.model = build_model(payload, self.device)
-        self.module, self.batch_size, self.keep_intermediate = module, batch_size, keep_intermediate
+        del payload  # the weights now live in the module; the bytes are not needed again
+        self.module, self.keep_intermediate = module, keep_intermediate
         generator, size = self.model.synmodule.generator, self.model.preset.resolution
         # Shapes of the empty arrays that error/skipped rows carry in each output column.
         self._empty = {"restoration_feature": (0, self.model.preset.restoration_feature_channels, size, size),
@@ -199,6 +201,19 @@ class ModelStage:
             for name in ("resmodule", "synmodule", "fusmodule"):
                 if name != keep:
                     setattr(self.model, name, None)
+        execution = execution or ExecutionSettings(batch_size=batch_size)
+        self.runner = ModuleRunner(self.model, module, self.device, execution, self._input_shapes())
+        self.batch_size = self.runner.batch_size
+
+    def _input_shapes(self) -> list[tuple[int, ...]]:
+        """Per-tile shapes of this module's inputs (in _INPUTS order), for start-up measurements."""
+        preset = self.model.preset
+        tile = (3, preset.input_size, preset.input_size)
+        if self.module in ("fused", "restoration"):
+            return [tile]
+        if self.module == "synthesis":
+            return [self._empty_image[1:]]
+        return [self._empty["synthesis_feature"][1:], self._empty["restoration_feature"][1:]]
 
     # Which row columns a module reads and writes.
     _INPUTS = {"fused": ("tiles",), "restoration": ("tiles",), "synthesis": ("restored",),
@@ -220,58 +235,67 @@ class ModelStage:
         return dropped if self.keep_intermediate else (*dropped, "synthesized")
 
     def _run(self, *inputs):
-        import torch
-
-        inputs = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
-        model = self.model
-        if self.module == "fused":
-            result = model(*inputs, return_all=True)
-            outs = (result.fused, result.restored, result.synthesized) if self.keep_intermediate else (result.fused,)
-        elif self.module == "restoration":
-            outs = model.resmodule(*inputs)
-        elif self.module == "synthesis":
-            outs = model.synmodule(*inputs, randomize_noise=model.randomize_noise)
-        else:
-            outs = (model.fusmodule(*inputs),)
-        return [o.float().cpu().numpy() for o in outs]
+        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs))
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         statuses = list(batch["status"])
         pending = [i for i, status in enumerate(statuses) if status == PENDING]
-        in_names, out_names = self._INPUTS[self.module], self._outputs()
+        out_names = self._outputs()
         per_row = {name: [None] * len(statuses) for name in out_names}
         model_ms = [float(x) for x in batch.get("model_ms", np.zeros(len(statuses)))]
         errors = list(batch["error"])
-        if pending:
-            counts = [len(batch[in_names[0]][i]) for i in pending]
-            stacked = [np.concatenate([batch[name][i] for i in pending]) for name in in_names]
-            started = time.perf_counter()
-            try:
-                with torch.inference_mode():
-                    chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
-                              for first in range(0, len(stacked[0]), self.batch_size)]
-                outputs = [np.concatenate([c[k] for c in chunks]) if chunks else None for k in range(len(out_names))]
-            except Exception as err:  # a batch the model cannot run: fail its rows, keep the job
-                outputs = None
-                for i in pending:
-                    statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            total = max(1, sum(counts))
-            offset = 0
-            for i, count in zip(pending, counts, strict=True):
-                model_ms[i] += elapsed_ms * count / total
-                if outputs is not None:
-                    for name, output in zip(out_names, outputs, strict=True):
-                        per_row[name][i] = output[offset:offset + count]
-                offset += count
+        failures = self._run_rows(batch, pending, per_row, model_ms)
+        for i, err in failures.items():
+            statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
             empty = np.zeros(self._empty_shape(name), np.float32)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
+
+    def _run_rows(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> dict:
+        """Run the rows together; when that raises, run each row alone, so that one image the model
+        cannot run fails alone and its batch-mates still get their outputs. Returns {row: error}."""
+        if not rows:
+            return {}
+        try:
+            self._run_together(batch, rows, per_row, model_ms)
+            return {}
+        except Exception as err:  # a batch the model cannot run: find which of its rows is at fault
+            if len(rows) == 1:
+                return {rows[0]: err}
+        failures = {}
+        for i in rows:
+            try:
+                self._run_together(batch, [i], per_row, model_ms)
+            except Exception as err:
+                failures[i] = err
+        return failures
+
+    def _run_together(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
+        """The model over all tiles of `rows` in chunks of batch_size; fills per_row and model_ms
+        only when every chunk succeeded."""
+        import torch
+
+        in_names, out_names = self._INPUTS[self.module], self._outputs()
+        counts = [len(batch[in_names[0]][i]) for i in rows]
+        stacked = [np.concatenate([batch[name][i] for i in rows]) for name in in_names]
+        started = time.perf_counter()
+        fault_hooks.before_model([batch["input_uri"][i] for i in rows])
+        with torch.inference_mode():
+            chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
+                      for first in range(0, len(stacked[0]), self.batch_size)]
+        outputs = [np.concatenate([c[k] for c in chunks]) if chunks else None for k in range(len(out_names))]
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        total = max(1, sum(counts))
+        offset = 0
+        for i, count in zip(rows, counts, strict=True):
+            model_ms[i] += elapsed_ms * count / total
+            for name, output in zip(out_names, outputs, strict=True):
+                if output is not None:
+                    per_row[name][i] = output[offset:offset + count]
+            offset += count
 
     def _empty_shape(self, name: str) -> tuple[int, ...]:
         return self._empty.get(name, self._empty_image)
@@ -287,7 +311,9 @@ def build_model(payload: dict, device):
 
     config = json.loads(payload["config"])
     model = UGPNet(Preset.from_dict(config["preset"]))
-    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}")
+    # assign: the module keeps the tensors just read from the bytes, no second full copy of the weights.
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}",
+                           assign=True)
     return model.to(device).eval()
 
 
@@ -307,12 +333,15 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
                 row["status"], row["error"] = OK, ""
             except _StageError as err:
                 row["status"], row["error"] = ERROR, f"{err.stage}: {err}"
+                row["error_kind"] = WRITE if err.stage == "write" else ENCODE
                 record.update(err.info)
         has_alpha = row.get("alpha") is not None and np.asarray(row["alpha"]).size > 0
         values = {
             "run_id": settings.run_id, "input_uri": row["input_uri"],
             "output_uri": output.uri if output is not None and row["status"] in (OK, SKIPPED) else None,
-            "status": row["status"], "error": row["error"] or None, "model_ref": settings.model_ref,
+            "status": row["status"], "error": row["error"] or None,
+            "error_kind": (row.get("error_kind") or kind_of_stage(row["error"])) if row["status"] == ERROR else None,
+            "model_ref": settings.model_ref,
             "model_version": settings.model_version,
             "width": _maybe(row.get("width")), "height": _maybe(row.get("height")),
             "source_format": row.get("source_format") or None, "source_mode": row.get("source_mode") or None,
@@ -365,13 +394,15 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
             "encode_ms": encode_ms}
     started = time.perf_counter()
     try:
-        # Intermediates first, the output next, the done-marker last: a marker implies the output.
-        for location in sorted(encoded, key=lambda loc: loc == output):
-            storage.write_bytes(location, encoded[location])
-        storage.write_bytes(settings.output_root.child(marker_key(row["output_rel"], settings.model_version)),
-                            json.dumps({"input_uri": row["input_uri"], "run_id": settings.run_id}).encode())
+        # Stale markers first (they describe bytes about to be replaced), then the intermediates, the
+        # output, and the done-marker last: a marker implies the output holds what it describes.
         for stale in json.loads(row["stale_markers"] or "[]"):
             storage.delete_if_exists(settings.output_root.child(stale))
+        for location in sorted(encoded, key=lambda loc: loc == output):
+            storage.write_bytes(location, encoded[location])
+        body = {**json.loads(row["marker_body"]), "run_id": settings.run_id, "bytes_read": row.get("bytes_in"),
+                "written_at": datetime.now(UTC).isoformat()}
+        storage.write_bytes(settings.output_root.child(row["marker"]), json.dumps(body).encode())
     except Exception as err:
         info["write_ms"] = (time.perf_counter() - started) * 1000
         raise _StageError("write", _reason(err), info) from err

@@ -110,10 +110,16 @@ class Location:
 
 
 def resolve(uri: str, s3: StorageSpec | None = None) -> Location:
-    """A Location for a local path (relative paths are made absolute) or an `s3://bucket/key` URI."""
+    """A Location for a local path (relative paths are made absolute and normalised) or an
+    `s3://bucket/key` URI. S3 keys are opaque: they are kept byte for byte (only trailing `/` are
+    dropped), and a key that pyarrow's S3 client would itself rewrite (empty, `.` or `..` segments:
+    `in//x`, `in/a/../b` reads `in/b`, `b/../other/x` reaches another bucket) or that holds control
+    characters is refused here rather than silently naming another object."""
     text = str(uri).strip()
     if not text:
         raise StorageError("empty path")
+    if not is_utf8(text):  # pyarrow cannot name such a path at all
+        raise StorageError(f"path {printable(text)!r} is not valid UTF-8")
     scheme, sep, rest = text.partition("://")
     if not sep:
         if text.startswith("file:"):
@@ -131,8 +137,66 @@ def resolve(uri: str, s3: StorageSpec | None = None) -> Location:
                            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL) in the environment instead")
     if not bucket:
         raise StorageError(f"s3 URI {text!r} has no bucket")
-    path = posixpath.normpath(f"{bucket}/{key}") if key.strip("/") else bucket
-    return Location(s3 or s3_spec_from_env(), path)
+    key = key.rstrip("/")
+    problem = unsafe_key_reason(key) if key else None
+    if problem:
+        raise StorageError(f"s3 key {printable(key)!r} {problem}; S3 clients would read another object")
+    return Location(s3 or s3_spec_from_env(), f"{bucket}/{key}" if key else bucket)
+
+
+def unsafe_key_reason(key: str) -> str | None:
+    """Why a '/'-separated key cannot be read or mirrored as it is, or None when it can."""
+    if not is_utf8(key):
+        return "is not valid UTF-8"
+    if _CONTROL.search(key):
+        return "holds control characters"
+    if key.startswith("/"):
+        return "is absolute"
+    segments = key.split("/")
+    if "" in segments:
+        return "has an empty segment ('//' or a trailing '/')"
+    if "." in segments or ".." in segments:
+        return "has a '.' or '..' segment"
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """False for names that came from the OS with undecodable bytes (`a\\udcff.png`)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(text: str) -> str:
+    """A name fit for a manifest row or a message: undecodable bytes shown as `\\xff`."""
+    return text if is_utf8(text) else text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def disjoint_roots(output: Location, output_name: str, inputs: dict[str, Location]) -> None:
+    """Refuse an output root that is, contains or lies inside any input root (and so could receive or
+    overwrite an input); `inputs` maps config field names to roots. Local roots are compared after
+    resolving symlinks, S3 roots as bucket + prefix with a trailing `/`."""
+    for name, source in inputs.items():
+        if source.spec.scheme != output.spec.scheme:
+            continue
+        a, b = _comparable(output), _comparable(source)
+        if a == b:
+            raise StorageError(f"{output_name} {output.uri} is the same place as {name} {source.uri}: outputs "
+                               f"would overwrite inputs")
+        if b.startswith(a + "/") or a == "/":
+            raise StorageError(f"{output_name} {output.uri} contains {name} {source.uri}: outputs could "
+                               f"overwrite inputs")
+        if a.startswith(b + "/") or b == "/":
+            raise StorageError(f"{output_name} {output.uri} lies inside {name} {source.uri}: outputs would "
+                               f"be read as inputs by later runs")
+
+
+def _comparable(location: Location) -> str:
+    if location.spec.scheme == "local":
+        return os.path.realpath(location.path)
+    return location.path.rstrip("/")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -173,25 +237,65 @@ def read_bytes(location: Location) -> bytes:
 
 def write_bytes(location: Location, data: bytes) -> None:
     """Write a whole file. Local files appear atomically (temp file + rename), as S3 PUTs do,
-    so a run killed mid-write never leaves a truncated output behind."""
+    so a run killed mid-write never leaves a truncated output behind; file and folder are fsynced,
+    so after a power cut the name holds the old bytes or the new ones, never an empty file."""
     filesystem = location.filesystem
     if location.spec.scheme == "local":
-        parent = posixpath.dirname(location.path)
-        os.makedirs(parent, exist_ok=True)
-        temporary = posixpath.join(parent, f".{posixpath.basename(location.path)}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(temporary, "wb") as out:
-                out.write(data)
-            os.replace(temporary, location.path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        os.makedirs(posixpath.dirname(location.path), exist_ok=True)
+        durable_replace(write_durable_temp(location.path, data), location.path)
         return
 
     def put() -> None:
         with filesystem.open_output_stream(location.path) as stream:
             stream.write(data)
     with_retries(put)
+
+
+def write_durable_temp(path: str, data: bytes) -> str:
+    """`data` in a hidden temp file beside `path`, flushed to disk; returns the temp file's path."""
+    parent = posixpath.dirname(path)
+    temporary = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return temporary
+
+
+def durable_replace(temporary: str, path: str) -> None:
+    """Rename a flushed temp file over `path`, then fsync the folder so the rename itself survives."""
+    try:
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    fsync_directory(posixpath.dirname(path))
+
+
+def publish_local_folder(staging: Location, target: Location) -> None:
+    """Move the finished files of a hidden local staging folder into `target`, one rename each, flushed
+    to disk first (their writer did not), then drop the staging folder."""
+    for name in sorted(os.listdir(staging.path)):
+        path = posixpath.join(staging.path, name)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.rename(path, posixpath.join(target.path, name))
+    fsync_directory(target.path)
+    os.rmdir(staging.path)
+    fsync_directory(target.path)
+
+
+def fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def delete_if_exists(location: Location) -> None:
@@ -223,20 +327,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def safe_relative_key(key: str) -> str:
-    """A relative key that can only ever name something below an output root.
+    """A relative key that can only ever name something below an output root, or a StorageError.
 
-    Backslashes count as separators; empty and `.` segments are dropped (so a leading `/` or a
-    drive-less absolute path becomes relative); a `..` segment becomes `__`; control characters
-    (NUL, newlines, ...) become `_`; segments longer than MAX_SEGMENT_BYTES are shortened with a
-    hash of the original. The mapping is deterministic, so re-runs find their earlier outputs.
+    Backslashes count as separators. A key with empty, `.` or `..` segments, a leading `/`,
+    control characters (NUL, newlines, ...) or bytes that are not UTF-8 is refused rather than
+    rewritten: a rewrite would make two different inputs share one output (`a//b` and `a/b`).
+    Segments longer than MAX_SEGMENT_BYTES are shortened with a hash of the original, so the
+    mapping stays deterministic (re-runs find their earlier outputs) and distinct.
     """
+    text = str(key).replace("\\", "/")
+    problem = unsafe_key_reason(text) if text else "names no file"
+    if problem:
+        raise StorageError(f"key {printable(str(key))!r} {problem}")
     segments = []
-    for segment in str(key).replace("\\", "/").split("/"):
-        segment = _CONTROL.sub("_", segment)
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            segment = "__"
+    for segment in text.split("/"):
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             digest = hashlib.sha256(segment.encode("utf-8")).hexdigest()[:12]
             stem, ext = posixpath.splitext(segment)
@@ -245,6 +349,4 @@ def safe_relative_key(key: str) -> str:
             stem = stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")
             segment = f"{stem}~{digest}{ext}"
         segments.append(segment)
-    if not segments:
-        raise StorageError(f"key {key!r} names no file")
     return "/".join(segments)

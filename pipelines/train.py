@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipelines import storage
 from pipelines.bundle_store import bundle_exists, local_bundle, upload_directory
+from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
 from ugpnet.stages import STAGES
@@ -57,12 +58,7 @@ def run(config: TrainConfig) -> TrainResult:
     bundles = run_root.child("bundles")
     result = TrainResult(config.run_name, final_bundle="", skipped_images=len(catalogue.skipped))
 
-    parent = find_run(experiment_id, {RUN_TAG: config.run_name}, parent_id=None)
-    with mlflow.start_run(run_id=parent, run_name=None if parent else config.run_name,
-                          tags={RUN_TAG: config.run_name}) as parent_run:
-        if parent is None:
-            mlflow.log_params(flatten(config_params(config)))
-            mlflow.log_metric("data/skipped_images", len(catalogue.skipped))
+    with start_parent_run(config, experiment_id, len(catalogue.skipped)) as parent_run:
         start = ensure_initial_bundle(config, bundles)
         from ugpnet.presets import get_preset
 
@@ -106,16 +102,7 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
 
     from pipelines.train_loop import MODEL_FILE, TRAINER_FILE, train_stage_loop
 
-    stage_run = find_run(experiment_id, {RUN_TAG: config.run_name, STAGE_TAG: stage}, parent_id=parent_id)
-    if stage_run is None:
-        client = mlflow.MlflowClient()
-        created = client.create_run(experiment_id, run_name=f"{config.run_name}/{stage}",
-                                    tags={RUN_TAG: config.run_name, STAGE_TAG: stage,
-                                          "mlflow.parentRunId": parent_id})
-        stage_run = created.info.run_id
-        hp = config.hyperparams.stage(stage)
-        client.log_batch(stage_run, params=[mlflow.entities.Param(k, str(v))
-                                            for k, v in flatten({stage: asdict(hp)}).items()])
+    stage_run = start_stage_run(config, stage, experiment_id, parent_id)
     cpus = worker_cpus(config)
     loop_config = {
         "stage": stage, "start_bundle": str(local_bundle(start)), "hyperparams": config.hyperparams.to_dict(),
@@ -140,6 +127,36 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
         write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start, done, stage)
     mlflow.MlflowClient().set_terminated(stage_run)
     return {k: float(v) for k, v in (fit.metrics or {}).items() if isinstance(v, int | float)}
+
+
+def start_parent_run(config: TrainConfig, experiment_id: str, skipped_images: int):
+    """The run's MLflow parent run (an ActiveRun), continued on a resume; a new one gets the config as params."""
+    import mlflow
+
+    parent = find_run(experiment_id, {RUN_TAG: config.run_name}, parent_id=None)
+    active = mlflow.start_run(run_id=parent, run_name=None if parent else config.run_name,
+                              tags={RUN_TAG: config.run_name})
+    if parent is None:
+        mlflow.log_params(flatten(config_params(config)))
+        mlflow.log_metric("data/skipped_images", skipped_images)
+    return active
+
+
+def start_stage_run(config: TrainConfig, stage: str, experiment_id: str, parent_id: str) -> str:
+    """The stage's nested run id, continued on a resume; a new one gets the stage's hyperparameters."""
+    import mlflow
+
+    stage_run = find_run(experiment_id, {RUN_TAG: config.run_name, STAGE_TAG: stage}, parent_id=parent_id)
+    if stage_run is None:
+        client = mlflow.MlflowClient()
+        created = client.create_run(experiment_id, run_name=f"{config.run_name}/{stage}",
+                                    tags={RUN_TAG: config.run_name, STAGE_TAG: stage,
+                                          "mlflow.parentRunId": parent_id})
+        stage_run = created.info.run_id
+        hp = config.hyperparams.stage(stage)
+        client.log_batch(stage_run, params=[mlflow.entities.Param(k, str(v))
+                                            for k, v in flatten({stage: asdict(hp)}).items()])
+    return stage_run
 
 
 def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: storage.Location, stage: str) -> None:
@@ -217,8 +234,9 @@ def find_run(experiment_id: str, tags: dict[str, str], parent_id: str | None) ->
 
 
 def config_params(config: TrainConfig) -> dict:
-    """The config as MLflow params; storage and data URIs are kept, secrets never enter a config."""
-    return config.to_dict()
+    """The config as MLflow params: URIs are kept, their credentials are not (a tracking URI may be
+    `https://user:token@host`)."""
+    return redact_values(config.to_dict())
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -228,7 +246,8 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            # Every MLflow param goes through here: redacted once more, whatever its source.
+            flat[name] = redact(json.dumps(value) if isinstance(value, list | tuple) else str(value))
     return flat
 
 
@@ -272,9 +291,9 @@ def run_cli(args) -> int:
         values["hyperparams"] = {"perceptual": perceptual}
     config = build_config(values, args.overrides, args.config)
     if args.dry_run:
-        print(json.dumps(config.to_dict(), indent=2, default=str))
+        print(json.dumps(redact_values(config.to_dict()), indent=2, default=str))
         return 0
     result = run(config)
     print(f"ugpnet train: done; stages run {result.stages_run or '-'}, skipped {result.stages_skipped or '-'}; "
-          f"final bundle {result.final_bundle}; validation {json.dumps(result.validation)}")
+          f"final bundle {redact(result.final_bundle)}; validation {json.dumps(result.validation)}")
     return 0

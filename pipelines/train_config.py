@@ -55,8 +55,36 @@ class TrainConfig:
         return data
 
 
+# The type of every plain field; a value of any other type fails validation, naming the field.
+_FIELD_TYPES = {
+    "preset": (str,), "data": (str,), "run_name": (str,), "storage": (str,), "task": (str, None),
+    "degradation": (str, None), "workers": (int,), "use_gpu": (bool,), "cpus_per_worker": (int, float, None),
+    "init_bundle": (str, None), "register": (str, None), "register_model": (bool,), "tracking_uri": (str, None),
+    "experiment": (str,), "val_fraction": (int, float), "val_max_images": (int,), "log_interval": (int,),
+    "max_failures": (int,),
+}
+
+
+def check_types(config: TrainConfig) -> None:
+    """`workers: "2"`, `use_gpu: "yes"`, `val_fraction: null` and the like: refused, naming the field."""
+    for name, kinds in _FIELD_TYPES.items():
+        value = getattr(config, name)
+        if value is None and None in kinds:
+            continue
+        types = tuple(kind for kind in kinds if kind is not None)
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, types) or (is_bool and bool not in types) or (not is_bool and types == (bool,)):
+            wanted = " or ".join("null" if k is None else k.__name__ for k in kinds)
+            raise ValueError(f"{name}: must be {wanted}, got {value!r}")
+    if not isinstance(config.stages, tuple) or not all(isinstance(stage, str) for stage in config.stages):
+        raise ValueError(f"stages: must be a list of stage names, got {config.stages!r}")
+    if not isinstance(config.hyperparams, TrainHyperparams):
+        raise ValueError(f"hyperparams: must be a mapping of per-stage settings, got {config.hyperparams!r}")
+
+
 def validate(config: TrainConfig) -> None:
     """Fail before any work, naming the field."""
+    check_types(config)
     if config.preset not in PRESETS:
         raise ValueError(f"preset: unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
     if config.task is not None and config.task not in TASKS:
@@ -76,8 +104,34 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"val_fraction: must be in (0, 1), got {config.val_fraction}")
     if config.val_max_images < 1 or config.log_interval < 1 or config.max_failures < 0:
         raise ValueError("val_max_images and log_interval must be >= 1, max_failures >= 0")
+    if not config.experiment.strip():
+        raise ValueError("experiment: must be a non-empty name")
     check_hyperparams(config.hyperparams, config.preset, tuple(config.stages))
+    check_storage_location(config.storage)
     check_data_location(config.data)
+    if config.init_bundle:
+        check_bundle_location(config.init_bundle)
+
+
+def check_bundle_location(uri: str) -> None:
+    """`init_bundle` must be a usable path or s3:// URI (credentials in it are refused: they would
+    otherwise travel into params and logs before the bundle is first opened)."""
+    from pipelines import storage
+
+    try:
+        storage.resolve(uri)
+    except storage.StorageError as err:
+        raise ValueError(f"init_bundle: {err}") from err
+
+
+def check_storage_location(uri: str) -> None:
+    """A folder or s3:// prefix (`gs://x` fails now, not after the first stage has trained)."""
+    from pipelines import storage
+
+    try:
+        storage.resolve(uri)
+    except storage.StorageError as err:
+        raise ValueError(f"storage: {err}") from None
 
 
 def check_data_location(uri: str) -> None:
@@ -86,7 +140,10 @@ def check_data_location(uri: str) -> None:
 
     from pipelines import storage
 
-    location = storage.resolve(uri)
+    try:
+        location = storage.resolve(uri)
+    except storage.StorageError as err:
+        raise ValueError(f"data: {err}") from None
     if location.spec.scheme == "local":
         exists = storage.file_info(location).type == pafs.FileType.Directory
     else:  # an S3 prefix is not an object: it exists when something is listed below it
@@ -139,6 +196,8 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
     for name in ("preset", "data", "run_name"):
         if not data.get(name):
             raise ValueError(f"{name}: required (give --{name.replace('_', '-')} or set it in --config)")
+        if not isinstance(data[name], str):
+            raise ValueError(f"{name}: must be a string, got {data[name]!r}")
     if data["preset"] not in PRESETS:
         raise ValueError(f"preset: unknown preset {data['preset']!r}; known: {', '.join(PRESETS)}")
     hyper = default_hyperparams(data["preset"]).to_dict()
@@ -146,7 +205,7 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
     steps = data.pop("steps", None)
     if steps is not None:
         stage_names = data.get("stages") or STAGES
-        steps = [int(s) for s in (steps.split(",") if isinstance(steps, str) else steps)]
+        steps = [_count("steps", s) for s in (steps.split(",") if isinstance(steps, str) else _listed("steps", steps))]
         if len(steps) != len(stage_names):
             raise ValueError(f"steps: give one count per stage ({', '.join(stage_names)}), got {steps}")
         for stage, count in zip(stage_names, steps, strict=True):
@@ -154,7 +213,7 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
     batch_size = data.pop("batch_size", None)
     if batch_size is not None:
         for stage in STAGES:
-            hyper[stage]["batch_size"] = int(batch_size)
+            hyper[stage]["batch_size"] = _count("batch_size", batch_size)
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(data) - known
     if unknown:
@@ -165,21 +224,43 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
         if not sep:
             raise ValueError(f"--set {override!r}: expected KEY=VALUE")
         apply_override(merged, key.strip(), parse_value(value))
-    merged["hyperparams"] = TrainHyperparams.from_dict(merged["hyperparams"])
+    try:
+        merged["hyperparams"] = TrainHyperparams.from_dict(merged["hyperparams"])
+    except (TypeError, AttributeError, KeyError) as err:
+        raise ValueError(f"hyperparams: {err}") from None
     if "stages" in merged:
-        merged["stages"] = tuple(merged["stages"])
+        stages = merged["stages"]
+        merged["stages"] = tuple(stages.split(",") if isinstance(stages, str) else _listed("stages", stages))
     config = TrainConfig(**merged)
     validate(config)
     return config
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+def _listed(name: str, value) -> list:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name}: must be a list or comma-separated values, got {value!r}")
+    return list(value)
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+
+def _count(name: str, value) -> int:
+    """An integer given as a number or digits (`1.5`, `true`, `"x"` are refused)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, str) and value.strip().isascii()
+                                       and value.strip().isdigit()):
+        raise ValueError(f"{name}: must be an integer, got {value!r}")
+    return int(value)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    text = Path(path).read_text()
+    try:
+        data = (yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
+    except (yaml.YAMLError, ValueError) as err:
+        raise ValueError(f"config: {path} cannot be parsed: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config: {path} must hold a mapping of field names to values")
+    return data
 
 
 def with_stage_only(config: TrainConfig, stage: str) -> TrainConfig:

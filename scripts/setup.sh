@@ -16,9 +16,19 @@ stamp=.venv/.ugpnet-installed
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/constraints.txt ]; then
     exit 0
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install --quiet "$TORCH_REQUIREMENT" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[dev]" "$TORCH_REQUIREMENT" 2>&1 \
-    | grep -v '^WARNING: Location' || true
+# pip's "WARNING: Location ..." lines are noise here and are filtered out, but pip's own exit status
+# is kept (grep finding nothing to print is not a failure): a failed install stops the script before
+# the stamp below is written, so the next run tries again.
+pip_install() {
+    local status=0
+    .venv/bin/python -m pip install --quiet "$@" 2>&1 | { grep -v '^WARNING: Location' || true; } || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "setup.sh: pip install $* failed with status $status" >&2
+        exit "$status"
+    fi
+}
+pip_install --upgrade pip
+pip_install "$TORCH_REQUIREMENT"
+pip_install -c scripts/constraints.txt -e ".[dev]" "$TORCH_REQUIREMENT"
 .venv/bin/python -c "import torch, ray, mlflow, ugpnet, pipelines" # fail loudly if anything is missing
 touch "$stamp"

@@ -93,8 +93,13 @@ def test_kuberay_manifests_have_the_promised_shape():
     assert any(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1
                for g in workers)
     for name in ("ray-job.restore.yaml", "ray-job.train.yaml"):
-        job = docs[name][0]
-        assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == "ugpnet"
+        job = docs[name][0]["spec"]
+        assert docs[name][0]["kind"] == "RayJob" and "clusterSelector" not in job  # a cluster of its own ...
+        assert job["shutdownAfterJobFinishes"] is True and 0 < job["ttlSecondsAfterFinished"] <= 86400  # ... removed
+        assert job["rayClusterSpec"]["rayVersion"] == ray.__version__
+    for spec in [cluster["spec"]] + [docs[n][0]["spec"]["rayClusterSpec"] for n in ("ray-job.restore.yaml",
+                                                                                    "ray-job.train.yaml")]:
+        assert spec["authOptions"] == {"mode": "token"}  # the job server binds 0.0.0.0 only behind token auth
     by_kind = {d["kind"]: d for d in docs["archive.cronjob.yaml"]}
     assert by_kind["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
     template = yaml.safe_load(by_kind["ConfigMap"]["data"]["rayjob.yaml"])
@@ -124,6 +129,8 @@ def test_ray_up_config_passes_rays_schema():
     validate_config(prepare_config(config))
     assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
     assert config["available_node_types"]["head"]["resources"].get("GPU", 0) == 0
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
 
 
 def test_dockerfile_pins_the_stack():

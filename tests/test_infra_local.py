@@ -88,3 +88,38 @@ def test_up_starts_the_services_on_loopback_and_down_stops_exactly_them(tmp_path
 def test_down_with_nothing_recorded_is_a_no_op(tmp_path):
     result = subprocess.run([str(DOWN), "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "nothing to stop" in result.stderr
+
+
+SLEEPER = "import time; time.sleep(900)"
+PARENT = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {SLEEPER!r}]); time.sleep(900)"
+
+
+@pytest.mark.timeout(120)
+def test_down_stops_the_recorded_processes_and_their_children_and_no_client_of_another_cluster(tmp_path):
+    from services import descendants, free_port, wait_for
+
+    port = free_port()
+    ours_command = [sys.executable, "-c", PARENT, "raylet-stand-in"]
+    ours = subprocess.Popen(ours_command, start_new_session=True)
+    # Someone else's clients of another cluster whose GCS happens to use the same port number.
+    foreign = [subprocess.Popen([sys.executable, "-c", SLEEPER, flag], start_new_session=True)
+               for flag in (f"--address=10.20.30.40:{port}", f"--gcs-address=10.20.30.40:{port}")]
+    try:
+        child = wait_for(lambda: descendants(ours.pid), timeout_s=30, what="the recorded process's child")[0]
+        wait_for(lambda: all(Path(f"/proc/{p.pid}/cmdline").read_bytes().count(b"\0") >= 3 for p in foreign),
+                 timeout_s=30, what="the foreign clients to exec")
+        temp_dir = tmp_path / "ray-temp"
+        temp_dir.mkdir()
+        state = {"dir": str(tmp_path), "ports": {"ray_port": port}, "ray_temp_dir": str(temp_dir),
+                 "processes": [{"pid": ours.pid, "cmdline": ours_command, "name": "ray"}]}
+        (tmp_path / "services.json").write_text(json.dumps(state))
+        stopped = subprocess.run([str(DOWN), "--dir", str(tmp_path)], capture_output=True, text=True, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        assert [p.pid for p in foreign if alive(p.pid)] == [p.pid for p in foreign], stopped.stderr
+        ours.wait(timeout=10)
+        assert not alive(child), "a process the recorded one started must be stopped too"
+        assert not temp_dir.exists() and not (tmp_path / "services.json").exists()
+    finally:
+        kill_processes([ours.pid, *descendants(ours.pid), *(p.pid for p in foreign)])
+        for process in (ours, *foreign):
+            process.wait(timeout=10)

@@ -85,6 +85,27 @@ def test_register_load_predict_and_promote(tracking, registered, tiny_bundle, mo
     assert champion.version == "1"
 
 
+def test_a_download_killed_half_way_is_fetched_again(tracking, registered, tiny_bundle, monkeypatch, tmp_path):
+    """Issue 10 point 7: the cache used to trust any folder holding an `MLmodel`, so a download killed
+    after that file stayed broken forever. Here the weights of a cached download are gone, as a kill
+    would leave them (and, like such a folder, it carries no completion marker)."""
+    from pipelines.registry import COMPLETE_MARKER, download_bundle
+
+    monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
+    bundle, _ = download_bundle("models:/ugpnet-denoise/1")
+    cached = next(p for p in (tmp_path / "cache" / "registry").iterdir() if not p.name.startswith("."))
+    (cached / COMPLETE_MARKER).unlink(missing_ok=True)
+    weights = sorted(bundle.glob("*.safetensors"))
+    assert weights and (cached / "MLmodel").is_file()
+    for path in weights:
+        path.unlink()
+    loaded = ugpnet.load("models:/ugpnet-denoise/1")
+    original = ugpnet.load(tiny_bundle)
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert [p.name for p in (tmp_path / "cache" / "registry").iterdir()] == [cached.name]  # no temp folder left
+
+
 def test_promote_names_a_missing_metric(tracking, registered, capsys):
     code = cli_main(["models", "--tracking-uri", tracking, "promote", "ugpnet-denoise", "--version", "1",
                      "--require", "val_lpips<=0.2"])

@@ -13,10 +13,11 @@ from restore_samples import bad_samples, good_samples, photo
 
 import ugpnet
 from pipelines import cli, storage
+from pipelines.done_markers import marker_for, output_settings
 from pipelines.model_refs import ModelRefError, load_payload, resolve_model
 from pipelines.restore import ConfigError, RestoreConfig, config_from_args
 from pipelines.restore_inputs import list_inputs, output_key, plan_rows, read_manifest
-from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, marker_key, read_decode_fit
+from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = storage.StorageSpec("local")
@@ -92,7 +93,8 @@ def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys, mon
     assert cli.main(["restore", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
                      "--model", "preset:tiny_denoise"]) == 2
     assert "'input'" in capsys.readouterr().err
-    assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+    (tmp_path / "in").mkdir()
+    assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
                      "--model", str(tmp_path / "no-bundle")]) == 2
     assert "'model'" in capsys.readouterr().err
     assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
@@ -102,12 +104,20 @@ def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys, mon
 # ---------------------------------------------------------------- storage
 
 @pytest.mark.parametrize(("key", "safe"), [
-    ("a/b/c.jpg", "a/b/c.jpg"), ("/abs/path.png", "abs/path.png"), ("../../etc/passwd", "__/__/etc/passwd"),
-    ("a/./b//c.png", "a/b/c.png"), ("win\\dir\\x.jpg", "win/dir/x.jpg"), ("new\nline\x00.png", "new_line_.png"),
-    ("..", "__"), ("...", "..."),
+    ("a/b/c.jpg", "a/b/c.jpg"), ("win\\dir\\x.jpg", "win/dir/x.jpg"), ("...", "..."), ("a/.hidden", "a/.hidden"),
 ])
 def test_safe_relative_key(key, safe):
     assert storage.safe_relative_key(key) == safe
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("/abs/path.png", "absolute"), ("../../etc/passwd", "'..'"), ("a/./b//c.png", "empty segment"),
+    ("new\nline\x00.png", "control"), ("..", "'..'"), ("a\udcff.png", "UTF-8"),
+])
+def test_unsafe_keys_are_refused_not_rewritten(key, reason):
+    """A rewrite (`a//b` → `a/b`) would make two inputs share one output; refusing makes an error row."""
+    with pytest.raises(storage.StorageError, match=reason):
+        storage.safe_relative_key(key)
 
 
 def test_long_segments_are_shortened_deterministically():
@@ -183,7 +193,6 @@ def test_local_writes_are_atomic_and_make_folders(tmp_path):
 @pytest.mark.parametrize(("relative", "ext", "suffix", "key"), [
     ("a/b/c.jpg", "png", "", "a/b/c.png"), ("a/b/c.jpg", "jpg", "_restored", "a/b/c_restored.jpg"),
     ("noext", "png", "", "noext.png"), ("a/.hidden", "webp", "", "a/.hidden.webp"),
-    ("../up/x.tif", "png", "", "__/up/x.png"),
 ])
 def test_output_keys_mirror_inputs(relative, ext, suffix, key):
     assert output_key(relative, ext=ext, suffix=suffix) == key
@@ -226,24 +235,27 @@ def test_plan_rows_skips_done_outputs_and_reports_collisions(tmp_path):
     from pipelines.restore_inputs import InputItem
 
     out = storage.Location(LOCAL, str(tmp_path / "out"))
+    settings = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False)
     for key in ("a/done.png", "a/stale.png"):
         storage.write_bytes(out.child(key), b"png")
-    storage.write_bytes(out.child(marker_key("a/done.png", "v2")), b"{}")
-    storage.write_bytes(out.child(marker_key("a/stale.png", "v1")), b"{}")
-    storage.write_bytes(out.child(marker_key("a/gone.png", "v2")), b"{}")  # output deleted by hand since
+    stale = marker_for("a/stale.png", "v1", "/in/a/stale.jpg", settings).relative
+    for marker in (marker_for("a/done.png", "v2", "/in/a/done.jpg", settings).relative, stale,
+                   marker_for("a/gone.png", "v2", "/in/a/gone.jpg", settings).relative):  # gone: output deleted since
+        storage.write_bytes(out.child(marker), b"{}")
     items = [InputItem(f"/in/{key}", key) for key in (
         "a/done.jpg", "a/stale.jpg", "a/gone.jpg", "a/new.jpg", "a/new.png", "_ugpnet/x.jpg")]
     rows = {row["input_uri"]: row for row in plan_rows(items, output_root=out, ext="png", suffix="",
-                                                        model_version="v2", overwrite=False)}
+                                                        model_version="v2", overwrite=False, settings=settings)}
     assert rows["/in/a/done.jpg"]["status"] == "skipped"
     assert rows["/in/a/stale.jpg"]["status"] == "pending"
-    assert json.loads(rows["/in/a/stale.jpg"]["stale_markers"]) == ["_ugpnet/done/a/stale.png@v1"]
+    assert json.loads(rows["/in/a/stale.jpg"]["stale_markers"]) == [stale]
     assert rows["/in/a/gone.jpg"]["status"] == "pending"
     assert rows["/in/a/new.jpg"]["status"] == "pending"
     assert rows["/in/a/new.png"]["status"] == "error" and "already the output of /in/a/new.jpg" in \
         rows["/in/a/new.png"]["error"]
     assert rows["/in/_ugpnet/x.jpg"]["status"] == "error" and "reserved" in rows["/in/_ugpnet/x.jpg"]["error"]
-    again = plan_rows(items[:1], output_root=out, ext="png", suffix="", model_version="v2", overwrite=True)
+    again = plan_rows(items[:1], output_root=out, ext="png", suffix="", model_version="v2", overwrite=True,
+                      settings=settings)
     assert again[0]["status"] == "pending"
 
 
@@ -301,9 +313,11 @@ def _settings(output: Path, model, **overrides) -> StageSettings:
     return StageSettings(**values)
 
 
-def _rows_for(files: dict[str, Path]) -> dict:
+def _rows_for(files: dict[str, Path], model_version: str = "v") -> dict:
+    markers = [marker_for(key, model_version, str(path), {}).relative for key, path in files.items()]
     return {"input_uri": [str(path) for path in files.values()], "output_rel": list(files),
-            "status": ["pending"] * len(files), "error": [""] * len(files), "stale_markers": ["[]"] * len(files)}
+            "status": ["pending"] * len(files), "error": [""] * len(files), "error_kind": [""] * len(files),
+            "stale_markers": ["[]"] * len(files), "marker": markers, "marker_body": ["{}"] * len(files)}
 
 
 def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
@@ -316,7 +330,7 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(samples[name].data)
         files[name.rsplit(".", 1)[0] + ".png"] = path
-    decoded = read_decode_fit(_rows_for(files), _settings(tmp_path / "out", model))
+    decoded = read_decode_fit(_rows_for(files, model.model_version), _settings(tmp_path / "out", model))
     assert decoded["status"] == ["pending"] * 3
 
     def stage(module):
@@ -339,7 +353,8 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
         assert image.mode == "RGBA" and image.size == (48, 32)
     for name in files:
         assert (out / name).is_file() and (out / "_intermediate/restored" / name).is_file()
-        assert (out / marker_key(name, model.model_version)).is_file()
+        marker = out / marker_for(name, model.model_version, str(files[name]), {}).relative
+        assert json.loads(marker.read_text())["run_id"] == "r1"
 
 
 def test_bad_rows_pass_every_stage_as_one_error_row(tiny_bundle, tmp_path):

@@ -37,8 +37,11 @@ class CheckpointMismatchError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load that reports all problems in one error instead of stopping at the first."""
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
+                           assign: bool = False) -> None:
+    """Strict load that reports all problems in one error instead of stopping at the first.
+    `assign`: the module takes `state`'s tensors as its own instead of copying them (one copy of the
+    weights fewer; for a freshly loaded state dict nothing else holds)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -46,7 +49,7 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
     if missing or unexpected or misshaped:
         raise CheckpointMismatchError(source, missing, unexpected, misshaped)
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def save(model: UGPNet, directory: str | os.PathLike, *, task: str | None = None,

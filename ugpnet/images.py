@@ -338,16 +338,17 @@ def _sniff_format(data: bytes) -> str | None:
 
 
 def _unidentified_message(data: bytes) -> str:
+    # Says what the bytes look like, never what they say: the message lands in manifests and logs,
+    # and the file may be anyone's text (a note, a key file) misnamed as an image.
     head = data[:1024]
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if _looks_like_text(head, text):
         lowered = text.lower()
-        preview = repr(text[:40])
         if lowered.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in lowered:
-            return f"not an image (looks like HTML/text): starts with {preview}"
+            return f"not an image (looks like HTML/text, {len(data)} bytes)"
         if lowered.startswith(("<?xml", "<svg")):
-            return f"not an image (looks like XML/SVG text): starts with {preview}"
-        return f"not an image (looks like text): starts with {preview}"
+            return f"not an image (looks like XML/SVG text, {len(data)} bytes)"
+        return f"not an image (looks like text, {len(data)} bytes)"
     for offset, signature, name in _UNSUPPORTED_SIGNATURES:
         if data[offset:offset + len(signature)] == signature:
             return f"unsupported image format {name}; readable formats are {', '.join(_READABLE_FORMATS)}"
@@ -357,7 +358,7 @@ def _unidentified_message(data: bytes) -> str:
     known = _sniff_format(data)
     if known is not None:
         return f"corrupt or truncated {known} header ({len(data)} bytes)"
-    return f"not an image (unrecognised bytes, starts with {data[:8].hex(' ')})"
+    return f"not an image (unrecognised bytes, {len(data)} bytes)"
 
 
 def _looks_like_text(head: bytes, text: str) -> bool:

@@ -7,9 +7,10 @@
 `up` prints `export NAME=value` lines on stdout (everything else goes to stderr), so
 `eval "$(infra/local/up)"` sets up a shell. It records what it started in DIR/services.json: PIDs
 with their command lines, and Ray's own temp dir. `down` stops exactly those processes (a PID whose
-command line changed belongs to someone else now and is left alone) plus the Ray workers that the
-head started later (found by that temp dir); it never uses `ray stop`, which stops every Ray on the
-machine. A port of 0 picks a free one.
+command line changed belongs to someone else now and is left alone) plus the processes they started
+since (the Ray workers a raylet forks later: descendants by parent PID). It never matches processes by
+their arguments at `down` time (a client of another cluster on the same port could match) and never
+uses `ray stop`, which stops every Ray on the machine. A port of 0 picks a free one.
 """
 
 import argparse
@@ -82,6 +83,27 @@ def alive(pid: int) -> bool:
 
 def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(roots: set[int]) -> list[int]:
+    """Every process whose chain of parents reaches one of `roots` (the roots excluded)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        children.setdefault(parent_of(pid), []).append(pid)
+    found, stack = set(), [child for root in roots for child in children.get(root, [])]
+    while stack:
+        pid = stack.pop()
+        if pid not in found and pid not in roots:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return sorted(found)
 
 
 def pids_mentioning(text: str) -> list[int]:
@@ -172,9 +194,10 @@ def up(args) -> int:
         ray_temp = tempfile.mkdtemp(prefix="ugl-", dir="/tmp")
         state["ray_temp_dir"] = ray_temp
         save()
-        start_ray_head(ray_temp, ports, {**base_env, "MLFLOW_TRACKING_URI": mlflow_url}, workdir, args.num_cpus)
-        state["processes"].extend({**record(pid), "name": "ray"} for pid in ray_processes(ray_temp,
-                                                                                         ports["ray_port"]))
+        client_port = start_ray_head(ray_temp, ports, {**base_env, "MLFLOW_TRACKING_URI": mlflow_url}, workdir,
+                                     args.num_cpus)
+        state["processes"].extend({**record(pid), "name": "ray"} for pid in ray_processes(
+            ray_temp, ports["ray_port"], client_port))
         save()
         wait_until(lambda: http_ok(f"{mlflow_url}/health"), "MLflow server", 180, mlflow)
         state["processes"][1].update(record(mlflow.pid))  # serving: its command line is final now
@@ -207,7 +230,8 @@ def create_buckets(endpoint: str, names: list[str]) -> None:
         client.create_bucket(Bucket=name)
 
 
-def start_ray_head(temp_dir: str, ports: dict, env: dict, workdir: Path, num_cpus: int | None) -> None:
+def start_ray_head(temp_dir: str, ports: dict, env: dict, workdir: Path, num_cpus: int | None) -> int:
+    """Starts the head; returns the port of its Ray client server (chosen here, for this head alone)."""
     extra = {flag: str(free_port()) for flag in (
         "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
         "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")}
@@ -226,15 +250,15 @@ def start_ray_head(temp_dir: str, ports: dict, env: dict, workdir: Path, num_cpu
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed with status {result.returncode} (see {workdir / 'ray-start.log'})")
     wait_until(lambda: http_ok(f"http://127.0.0.1:{ports['dashboard_port']}/api/version"), "Ray job server", 120)
+    return int(extra["--ray-client-server-port"])
 
 
-def ray_processes(temp_dir: str, gcs_port: int) -> list[int]:
-    """Everything with our temp dir in its command line, plus the Ray client server, which names only
-    the GCS address (a port chosen for this head alone)."""
+def ray_processes(temp_dir: str, gcs_port: int, client_port: int) -> list[int]:
+    """Right after `ray start`: everything with our temp dir in its command line, plus the Ray client
+    server, which names no temp dir: it is the one serving our client port for our GCS address."""
     found = set(pids_mentioning(temp_dir))
-    suffix = f":{gcs_port}"
-    found.update(pid for pid in all_pids() if any(
-        part.startswith(("--address=", "--gcs-address=")) and part.endswith(suffix) for part in cmdline(pid)))
+    client_server = {"ray.util.client.server", f"--address=127.0.0.1:{gcs_port}", f"--port={client_port}"}
+    found.update(pid for pid in all_pids() if client_server <= set(cmdline(pid)))
     found.discard(os.getpid())
     return sorted(found)
 
@@ -244,10 +268,12 @@ def ray_processes(temp_dir: str, gcs_port: int) -> list[int]:
 def down_from_state(state: dict) -> list[int]:
     entries = list(state.get("processes", []))
     temp_dir = state.get("ray_temp_dir")
-    if temp_dir:  # workers the head started after `up` recorded it: theirs, found by the temp dir
-        known = {entry["pid"] for entry in entries}
-        entries += [{**record(pid), "name": "ray"} for pid in ray_processes(temp_dir, state["ports"]["ray_port"])
+    # Processes started after `up` (Ray workers, job drivers) are children of the recorded ones.
+    known = {entry["pid"] for entry in entries}
+    for entry in [e for e in entries if still_ours(e)]:
+        entries += [{**record(pid), "name": entry.get("name")} for pid in descendants({entry["pid"]})
                     if pid not in known]
+        known.update(e["pid"] for e in entries)
     ray_entries = [e for e in entries if e.get("name") == "ray"]
     stopped = terminate(ray_entries)  # Ray first: its workers may be using S3 and MLflow
     stopped += terminate([e for e in entries if e.get("name") != "ray"])

@@ -1,0 +1,235 @@
+"""How the model runs on a device: precision, copies, the batch policy and the compile decision
+(ugpnet.inference, ugpnet.compiled) and their use in the model actor (pipelines.model_runtime)."""
+
+import numpy as np
+import pytest
+import torch
+
+import ugpnet
+from pipelines.model_refs import load_payload, resolve_model
+from pipelines.model_runtime import ExecutionSettings
+from pipelines.restore import ConfigError, RestoreConfig
+from pipelines.restore_stages import PENDING, ModelStage
+from ugpnet.compiled import CompileRecord, CompileRecords, should_compile
+from ugpnet.inference import (
+    HostToDevice,
+    PrecisionError,
+    autocast,
+    eight_bit_distance,
+    measure_batch_sizes,
+    pick_batch_size,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return ugpnet.save(ugpnet.build("tiny_denoise", seed=0), tmp_path_factory.mktemp("bundle") / "tiny_denoise")
+
+
+# ---------------------------------------------------------------- batch policy
+
+def test_the_policy_picks_the_least_time_per_image():
+    assert pick_batch_size({1: 6.9, 2: 8.0, 4: 10.5}) == 1  # this machine's CPU at 512² (issue 11)
+    assert pick_batch_size({1: 0.020, 2: 0.012, 4: 0.009, 8: 0.010}) == 4
+    assert pick_batch_size({1: 0.5, 2: 0.5, 4: 0.5}) == 1  # a tie goes to the smaller batch
+
+
+def test_a_pick_is_never_slower_per_image_than_batch_1():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = [1, *sorted(rng.choice([2, 4, 8, 16], size=rng.integers(0, 5), replace=False).tolist())]
+        timings = {size: float(rng.uniform(0.1, 10.0)) for size in sizes}
+        chosen = pick_batch_size(timings)
+        assert timings[chosen] <= timings[1]
+        assert timings[chosen] == min(timings.values())
+
+
+def test_the_policy_needs_batch_1_as_its_baseline():
+    with pytest.raises(ValueError, match="batch size 1"):
+        pick_batch_size({2: 1.0, 4: 0.5})
+
+
+def _conv_forward():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    samples = torch.rand(16, 3, 32, 32)
+    calls = []
+
+    def forward_at(size):
+        calls.append(size)
+        return conv(samples[:size])
+
+    return forward_at, calls
+
+
+def test_measuring_stays_within_the_budget_of_small_runs():
+    forward_at, calls = _conv_forward()
+    with torch.inference_mode():
+        timings = measure_batch_sizes(forward_at, CPU, planned_images=1, budget_fraction=0.05)
+    # One image planned: measuring more would cost more than the run; only batch 1 runs (warm-up, timed).
+    assert list(timings) == [1] and calls == [1, 1]
+    assert pick_batch_size(timings) == 1
+
+
+def test_measuring_a_large_run_tries_larger_batches():
+    forward_at, calls = _conv_forward()
+    with torch.inference_mode():
+        timings = measure_batch_sizes(forward_at, CPU, candidates=(1, 2, 4, 8), planned_images=10**6,
+                                      max_budget_s=30.0)
+    assert len(timings) >= 2 and set(timings) <= {1, 2, 4, 8}
+    measured = list(timings)
+    assert measured == sorted(measured)
+    # It stops at the first size slower than the best so far: every size before the last was no slower.
+    for index, size in enumerate(measured[1:-1], start=1):
+        assert timings[size] <= min(timings[earlier] for earlier in measured[:index])
+    assert timings[pick_batch_size(timings)] <= timings[1]
+    assert set(calls) == set(timings)
+
+
+# ---------------------------------------------------------------- precision and copies
+
+def test_fp16_is_refused_on_cpu_and_bf16_runs_there():
+    with pytest.raises(PrecisionError, match="fp16 runs only on CUDA"):
+        autocast("fp16", CPU)
+    with pytest.raises(PrecisionError, match="one of fp32, bf16, fp16"):
+        autocast("fp8", CPU)
+    a, b = torch.rand(8, 8), torch.rand(8, 8)
+    with autocast("bf16", CPU):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast("fp32", CPU):
+        assert (a @ b).dtype == torch.float32
+
+
+def test_host_to_device_on_cpu_is_the_array_itself():
+    copy_in = HostToDevice(CPU)
+    array = np.random.default_rng(0).random((2, 3, 4, 4), dtype=np.float32)
+    tensor = copy_in(array)
+    assert not copy_in.pins and tensor.device == CPU
+    assert np.shares_memory(tensor.numpy(), array)  # no copy, no pinned staging buffer on CPU
+    assert torch.equal(tensor, torch.from_numpy(array))
+
+
+def test_eight_bit_distance():
+    reference = torch.full((1, 3, 4, 4), 100 / 255)
+    assert eight_bit_distance(reference, reference) == {"relative_l2": 0.0, "max_abs_levels": 0.0,
+                                                        "share_over_2_levels": 0.0}
+    moved = reference.clone()
+    moved[0, 0, 0, 0] = 1.0  # 100 → 255 levels
+    moved[0, 1, 0, 0] = 102 / 255  # 2 levels: not over 2
+    distance = eight_bit_distance(reference, moved)
+    assert distance["max_abs_levels"] == 155.0 and distance["share_over_2_levels"] == 1 / 48
+    assert distance["relative_l2"] == pytest.approx((155**2 + 2**2) ** 0.5 / (100 * 48**0.5))
+
+
+# ---------------------------------------------------------------- compile decision
+
+def test_auto_compiles_only_when_the_planned_work_pays_for_it():
+    assert not should_compile("off", 10**6, 7.0, 80.0, 2.0)
+    assert should_compile("on", 1, 7.0, 80.0, 2.0)
+    # 2 x faster saves half of each image's 7 s: 23 images save 80.5 s > 80 s of compiling, 22 do not.
+    assert should_compile("auto", 23, 7.0, 80.0, 2.0)
+    assert not should_compile("auto", 22, 7.0, 80.0, 2.0)
+    assert not should_compile("auto", 10**6, 7.0, 80.0, 1.0)  # no speed-up, never worth it
+    with pytest.raises(ValueError, match="off, on, auto"):
+        should_compile("yes", 1, 1.0, 1.0, 2.0)
+
+
+def test_compile_records_are_kept_beside_the_cache(tmp_path):
+    records = CompileRecords(tmp_path)
+    default = records.get("tiny|fused|cpu|fp32|b1", "cpu")
+    assert default.compile_seconds == 90.0 and default.speedup == 2.0
+    records.put("tiny|fused|cpu|fp32|b1", CompileRecord(12.5, 1.7))
+    assert CompileRecords(tmp_path).get("tiny|fused|cpu|fp32|b1", "cpu") == CompileRecord(12.5, 1.7)
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize(("field", "value"), [("precision", "fp64"), ("compile", "yes"), ("compile_cache_dir", 3)])
+def test_a_bad_execution_field_is_named(field, value):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        RestoreConfig(input="in", output="out", **{field: value}).validate()
+
+
+def test_fp16_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="'precision'.*fp16 runs only on CUDA") as caught:
+        RestoreConfig(input="in", output="out", precision="fp16").validate()
+    assert caught.value.field == "precision"
+    assert RestoreConfig(input="in", output="out", precision="fp16", gpus_per_actor=0.5).validate()
+    assert RestoreConfig(input="in", output="out").validate().batch_size is None  # measured by default
+
+
+def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
+    from pipelines.evaluate import EvaluateConfig
+
+    common = dict(data="in", task="denoise", report="out")
+    assert EvaluateConfig(**common, precision="bf16").validate().precision == "bf16"
+    with pytest.raises(ConfigError, match="'precision'"):
+        EvaluateConfig(**common, precision="fp64").validate()
+    with pytest.raises(ConfigError, match="'precision'.*fp16 runs only on CUDA"):
+        EvaluateConfig(**common, precision="fp16", gpus_per_actor=0).validate()
+
+
+# ---------------------------------------------------------------- the model actor
+
+def _pending_batch(count: int, size: int) -> dict:
+    tiles = np.random.default_rng(1).random((count, 1, 3, size, size), dtype=np.float32)
+    return {"tiles": list(tiles), "status": [PENDING] * count, "error": [""] * count}
+
+
+def test_the_actor_runs_the_model_exactly_and_measures_its_batch(tiny_bundle):
+    payload = load_payload(resolve_model(str(tiny_bundle)))
+    batch = _pending_batch(3, 64)
+    auto = ModelStage(payload, "fused", None, 1, False, False,
+                      execution=ExecutionSettings(planned_images=100))
+    assert auto.batch_size in (1, 2, 4)
+    fixed = ModelStage(payload, "fused", 2, 1, False, False)
+    assert fixed.batch_size == 2
+    model = ugpnet.load(str(tiny_bundle)).eval()
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(np.concatenate(batch["tiles"])))
+    for stage in (auto, fixed):
+        out = stage(dict(batch))
+        assert out["status"] == [PENDING] * 3
+        got = np.concatenate(out["fused"])
+        # Only summation order differs between batch sizes.
+        assert np.linalg.norm(got - expected.numpy()) <= 1e-5 * np.linalg.norm(expected.numpy())
+
+
+def test_the_actor_runs_bf16_close_to_fp32(tiny_bundle):
+    payload = load_payload(resolve_model(str(tiny_bundle)))
+    batch = _pending_batch(2, 64)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        stage = ModelStage(payload, "fused", 2, 1, False, False,
+                           execution=ExecutionSettings(precision=precision, batch_size=2))
+        outputs[precision] = np.concatenate(stage(dict(batch))["fused"])
+    assert outputs["bf16"].dtype == np.float32
+    distance = eight_bit_distance(torch.from_numpy(outputs["fp32"]), torch.from_numpy(outputs["bf16"]))
+    assert 0 < distance["relative_l2"] < 0.05
+
+
+def test_auto_leaves_a_small_run_uncompiled(tiny_bundle, tmp_path):
+    payload = load_payload(resolve_model(str(tiny_bundle)))
+    execution = ExecutionSettings(compile="auto", batch_size=1, planned_images=2, compile_cache_dir=str(tmp_path))
+    stage = ModelStage(payload, "fused", None, 1, False, False, execution=execution)
+    # Two images of a tiny model save far less than the 90 s a compile is estimated to cost.
+    assert stage.runner.target is stage.model and stage.batch_size == 1
+    assert not (tmp_path / "ugpnet-compile-records.json").exists()
+
+
+@pytest.mark.slow
+def test_compiling_keeps_the_outputs_and_fills_the_persistent_cache(tmp_path, monkeypatch):
+    from ugpnet.compiled import compile_module, use_cache_dir
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE"):
+        monkeypatch.setenv(name, "")  # restored after the test: the cache dir is this test's own
+    monkeypatch.delenv("TORCHINDUCTOR_FX_GRAPH_CACHE")
+    cache = use_cache_dir(tmp_path / "inductor")
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LeakyReLU(0.2)).eval()
+    inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = module(inputs)
+        compiled = compile_module(module)(inputs)
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+    assert any(path.is_file() for path in cache.rglob("*"))  # later processes find the compiled kernels here
