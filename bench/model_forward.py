@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import ugpnet
-from ugpnet.compilation import compile_model
+from ugpnet.compiled import compile_model
 
 DEFAULT_PRESETS = ["nafnet_denoise", "rrdb_x8", "hinet_deblur"]
 PATHS = ("reference", "fast", "compiled")
@@ -166,7 +166,7 @@ def main() -> None:
                         help="batch sizes the compiled path runs (each compiles anew)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-dir", default=None, help="persistent inductor cache (ugpnet.compilation)")
+    parser.add_argument("--cache-dir", default=None, help="persistent inductor cache (ugpnet.compiled)")
     parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
                         help="per-module time at batch 1")
     parser.add_argument("--layouts", action="store_true", help="time each module channels_last vs contiguous")
