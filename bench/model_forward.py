@@ -82,6 +82,11 @@ def time_paths(paths: dict, lq, runs: int) -> dict[str, list[float]]:
     return times
 
 
+def conv_rate_now(runs: int) -> float:
+    """The conv throughput measured right beside a preset's runs (load drifts between presets)."""
+    return conv_gflops(runs)
+
+
 def module_split(paths: dict, lq, runs: int) -> dict[str, dict[str, float]]:
     """Median ms of each top-level module per path at batch 1 (inputs computed once)."""
     reference = paths["reference"]
@@ -142,6 +147,8 @@ def bench_preset(preset: str, args, conv_rate: float) -> None:
         lq = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         active = {n: m for n, m in paths.items() if n != "compiled" or batch in args.compiled_batches}
         times = time_paths(active, lq, args.runs)
+        conv_rate = conv_rate_now(args.runs)
+        print(f"  channels_last 3x3 conv now: {conv_rate:.0f} GFLOP/s ({load()})", flush=True)
         ref_median = statistics.median(times["reference"])
         for name, samples in times.items():
             low, mid = min(samples) / batch, statistics.median(samples) / batch
