@@ -6,6 +6,7 @@ import torch
 from conformance_fixtures import OFFICIAL_PRESETS, lq_input, manifest, reference_outputs, write_official_files
 
 import ugpnet
+from ugpnet.fastpath import runs_fast
 from ugpnet.model import build_discriminator
 
 TOLERANCE = 1e-4  # relative L2; differences may only come from float32 summation order
@@ -21,6 +22,7 @@ def test_official_outputs_are_reproduced(preset, tmp_path):
     paths = write_official_files(preset, tmp_path)
     model = ugpnet.import_official(preset, **paths)
     with torch.inference_mode():
+        assert runs_fast(model)  # the conformance is checked through the default (fast) path
         outputs = model(lq_input(preset), return_all=True)
     reference = reference_outputs(preset)
     for name, tensor in zip(("I_R", "I_G", "I_F"), outputs, strict=True):

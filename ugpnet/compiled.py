@@ -33,6 +33,26 @@ def use_cache_dir(cache_dir: str | os.PathLike) -> Path:
     return path
 
 
+COMPILED_MODULES = ("resmodule", "synmodule", "fusmodule")
+
+
+def compile_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = None, *,
+                  dynamic: bool = False, mode: str | None = None) -> torch.nn.Module:
+    """Compile a UGPNet's three modules in place with inductor and return the model.
+
+    `nn.Module.compile` keeps the official state-dict keys (no `_orig_mod.`) and the split pipeline
+    mode, which calls the modules one by one, runs compiled too. Tracing follows the active path:
+    under `torch.inference_mode()` the fast path (ugpnet.fastpath). `cache_dir`: persistent compile
+    cache (see use_cache_dir; None keeps inductor's default). `dynamic=False`: one graph per input
+    shape; `mode` goes to torch.compile ("max-autotune" compiles far longer).
+    """
+    if cache_dir is not None:
+        use_cache_dir(cache_dir)
+    for name in COMPILED_MODULES:
+        getattr(model, name).compile(backend="inductor", dynamic=dynamic, mode=mode)
+    return model
+
+
 def compile_module(module: torch.nn.Module):
     """The compiled module (compilation itself happens on the first call). Static shapes: a model
     actor runs a few fixed batch shapes, each compiled once."""
