@@ -1,8 +1,8 @@
 """The memory estimates of pipelines/restore_memory.py held to peaks measured on the real stages.
 
 Each measurement runs in a fresh process (a peak RSS only grows): import and warm up, note
-ru_maxrss, run one stage of pipelines/restore_stages.py on a real photo (scikit-image's `coffee`,
-600×400, as JPEG), note ru_maxrss again. The estimate must cover the measured rise and stay
+its peak RSS (VmHWM), run one stage of pipelines/restore_stages.py on a real photo (scikit-image's `coffee`,
+600×400, as JPEG), note the peak again. The estimate must cover the measured rise and stay
 within a small factor of it (an estimate that reserves far too much wastes the cluster).
 """
 
@@ -20,7 +20,7 @@ from pipelines import restore_memory
 from pipelines.restore_memory import ModelGeometry, estimate_image
 
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 from pipelines import storage
 from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit, _encode_and_write_one
@@ -33,7 +33,10 @@ settings = StageSettings(run_id="m", model_ref="m", model_version="v", output_ro
                          tile_overlap=None, max_pixels=10**9, max_output_pixels=10**12, ext="png", quality=95,
                          save_intermediate=False, transport=args.get("transport", "compact"))
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: execve keeps ru_maxrss from the parent, so under a large test process
+    # the child's "peak" would start at the parent's size and the rise would read 0.
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 if args["stage"] == "decode":
     _decode_and_fit(open(args["warmup"], "rb").read(), settings)
     before = peak()
