@@ -177,6 +177,17 @@ def test_transient_errors_are_retried_and_others_are_not():
     with pytest.raises(OSError, match="ACCESS_DENIED"):
         storage.with_retries(forbidden, sleep=sleeps.append)
     assert len(calls) == 1
+    # A fault that never heals: every attempt is made, with the back-off capped, then it raises.
+    calls.clear(), sleeps.clear()
+
+    def dropped():
+        calls.append(1)
+        raise OSError("AWS Error NETWORK_CONNECTION during CreateMultipartUpload operation: curlCode: 52")
+
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        storage.with_retries(dropped, sleep=sleeps.append)
+    assert len(calls) == storage.WHOLE_OPERATION_ATTEMPTS == 10
+    assert sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
     assert storage.is_transient(OSError("AWS Error UNKNOWN (HTTP status 503) during PutObject"))
     assert not storage.is_transient(FileNotFoundError("no such key"))
     assert storage.is_transient(ConnectionResetError("connection reset by peer"))

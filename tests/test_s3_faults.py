@@ -60,14 +60,15 @@ def test_restore_of_200_images_through_10_percent_transient_s3_faults(s3_buckets
     proxy.heal()
     print(f"fault proxy: {proxy.requests} requests, faults injected {dict(proxy.injected)}")  # shown by -rP
 
-    assert status == 0, out[-3000:]
+    rows = manifest_rows("s3://outputs/res/_ugpnet/manifest/faults", direct(s3_buckets))
+    failed = [(row["input_uri"], row["error"]) for row in rows if row["status"] != "ok"]
+    assert status == 0, (failed, out[-2000:])
     assert f"restore faults: {IMAGES} ok, 0 error, 0 skipped of {IMAGES} inputs" in out
     # Faults really happened, of every transient kind, on reads, writes and listings alike.
     assert sum(proxy.injected.values()) >= 0.05 * proxy.requests and proxy.requests > 3 * IMAGES, proxy.injected
     assert set(proxy.injected) == {"500", "503", "slowdown", "drop", "reset", "lost"}, proxy.injected
     assert {method for method, _, fault in proxy.log if fault} >= {"GET", "PUT", "HEAD"}
 
-    rows = manifest_rows("s3://outputs/res/_ugpnet/manifest/faults", direct(s3_buckets))
     assert len(rows) == IMAGES and {row["input_uri"] for row in rows} == inputs  # complete, no duplicates
     assert [row for row in rows if row["status"] != "ok"] == []
     outputs = {row["output_uri"] for row in rows}
