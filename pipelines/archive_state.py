@@ -123,20 +123,6 @@ class StateStore:
             record = self.read_json(record["parent"]) if record.get("parent") else None
         return chain[::-1]
 
-    def trusted_attempts(self, base_version: int, model_version: str) -> set[tuple[str, str]]:
-        """(key, fingerprint) pairs whose done-markers an earlier, uncommitted run on the same base
-        and model already invalidated: a marker found for them now was written after that."""
-        trusted = set()
-        for info in storage.list_files(self.location(f"pending/{base_version:010d}")):
-            record = json.loads(storage.read_bytes(storage.Location(self.root.spec, info.path)))
-            if record.get("model_version") != model_version:
-                continue
-            plan = self.location(record["plan"])
-            with plan.filesystem.open_input_file(plan.path) as handle:
-                table = pq.read_table(handle, columns=["key", "fingerprint"])
-            trusted.update(zip(table["key"].to_pylist(), table["fingerprint"].to_pylist(), strict=True))
-        return trusted
-
     # ------------------------------------------------------------ writing
 
     def upload(self, local_path: str, relative: str) -> storage.Location:

@@ -317,8 +317,7 @@ class ModelStage:
         counts = [len(batch[in_names[0]][i]) for i in rows]
         stacked = [np.concatenate([batch[name][i] for i in rows]) for name in in_names]
         started = time.perf_counter()
-        uris = batch.get("input_uri")  # every pipeline row has it; a batch built by hand may not
-        fault_hooks.before_model([str(uris[i]) for i in rows] if uris is not None else [])
+        fault_hooks.before_model([batch["input_uri"][i] for i in rows])
         with torch.inference_mode():
             chunks = [self._run(*(s[first:first + self.batch_size] for s in stacked))
                       for first in range(0, len(stacked[0]), self.batch_size)]
