@@ -1,8 +1,10 @@
 """The infrastructure files parse, and every `ugpnet` command line in them is a valid invocation: each
 goes through the CLI parser and the verb's own validation (`--dry-run` where the verb has one)."""
 
+import datetime
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -92,24 +94,62 @@ def test_kuberay_manifests_have_the_promised_shape():
     workers = cluster["spec"]["workerGroupSpecs"]
     assert any(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1
                for g in workers)
-    for name in ("ray-job.restore.yaml", "ray-job.train.yaml"):
-        job = docs[name][0]["spec"]
-        assert docs[name][0]["kind"] == "RayJob" and "clusterSelector" not in job  # a cluster of its own ...
-        assert job["shutdownAfterJobFinishes"] is True and 0 < job["ttlSecondsAfterFinished"] <= 86400  # ... removed
-        assert job["rayClusterSpec"]["rayVersion"] == ray.__version__
-    for spec in [cluster["spec"]] + [docs[n][0]["spec"]["rayClusterSpec"] for n in ("ray-job.restore.yaml",
-                                                                                    "ray-job.train.yaml")]:
-        assert spec["authOptions"] == {"mode": "token"}  # the job server binds 0.0.0.0 only behind token auth
     by_kind = {d["kind"]: d for d in docs["archive.cronjob.yaml"]}
     assert by_kind["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
     template = yaml.safe_load(by_kind["ConfigMap"]["data"]["rayjob.yaml"])
     assert template["kind"] == "RayJob" and "RUN_SLOT" in template["metadata"]["name"]  # one RayJob per slot
+    cron_template = docs["archive.raycronjob.yaml"][0]["spec"]["jobTemplate"]
+    jobs = {name: docs[name][0] for name in ("ray-job.restore.yaml", "ray-job.train.yaml")} | {
+            "archive.cronjob.yaml": template, "archive.raycronjob.yaml": {"kind": "RayJob", "spec": cron_template}}
+    for name, document in jobs.items():
+        job = document["spec"]
+        assert document["kind"] == "RayJob" and "clusterSelector" not in job, name  # a cluster of its own ...
+        assert job["shutdownAfterJobFinishes"] is True, name  # ... removed when the job ends,
+        assert 0 < job["ttlSecondsAfterFinished"] <= 86400, name  # ... after a TTL
+        assert job["rayClusterSpec"]["rayVersion"] == ray.__version__, name
+        assert job["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", name
+    for spec in [cluster["spec"]] + [job["spec"]["rayClusterSpec"] for job in jobs.values()]:
+        assert spec["authOptions"] == {"mode": "token"}  # the job server binds 0.0.0.0 only behind token auth
     assert "RUN_SLOT" in " ".join(by_kind["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
                                   ["containers"][0]["command"])
     assert docs["archive.raycronjob.yaml"][0]["kind"] == "RayCronJob"
     images = {c["image"] for d in (cluster,) for c in [head] + [g["template"]["spec"]["containers"][0]
                                                                 for g in workers]}
     assert len(images) == 1  # head and workers run the same image
+
+
+def test_the_archive_scheduler_creates_this_hours_job_and_prunes_only_old_finished_ones(tmp_path):
+    """Run the CronJob's own shell command with a `kubectl` that records its calls (no Kubernetes API
+    here): it creates the RayJob for this hour, and deletes finished archive RayJobs older than a day,
+    never a recent or a running one."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((INFRA / "kuberay" / "archive.cronjob.yaml").read_text())}
+    container = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    (tmp_path / "template").mkdir()
+    (tmp_path / "template" / "rayjob.yaml").write_text(docs["ConfigMap"]["data"]["rayjob.yaml"])
+    script = container["command"][2].replace("/tmp/", f"{tmp_path}/").replace("/template/", f"{tmp_path}/template/")
+    now = datetime.datetime.now(datetime.UTC)
+    old, recent = ((now - datetime.timedelta(hours=hours)).strftime("%Y%m%d%H") for hours in (30, 2))
+    calls = tmp_path / "calls"
+    kubectl = tmp_path / "bin" / "kubectl"
+    kubectl.parent.mkdir()
+    # "Complete" RayJobs: the old one and the recent one (a running one is not in the filtered list).
+    kubectl.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+case "$*" in "get rayjob -l"*) printf 'ugpnet-archive-{old} ugpnet-archive-{recent} ';; esac
+""")
+    kubectl.chmod(0o755)
+    env = {"PATH": f"{kubectl.parent}:/usr/bin:/bin"}
+    result = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"create -f {tmp_path}/rayjob.yaml"
+    created = yaml.safe_load((tmp_path / "rayjob.yaml").read_text())
+    slot = created["metadata"]["name"].removeprefix("ugpnet-archive-")
+    assert slot in {now.strftime("%Y%m%d%H"), (now + datetime.timedelta(hours=1)).strftime("%Y%m%d%H")}
+    listing = next(line for line in lines if line.startswith("get rayjob -l"))
+    assert "status.jobDeploymentStatus==\"Complete\"" in listing
+    assert [line for line in lines if line.startswith("delete")] == [f"delete rayjob ugpnet-archive-{old}"]
 
 
 def test_plain_cron_submits_with_a_deterministic_submission_id():
