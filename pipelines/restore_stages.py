@@ -22,8 +22,9 @@ Between stages an image travels with its `FitPlan` (JSON), and the alpha plane (
 
 With the `compact` transport (the default) input pixels travel as uint16 (value * 65535: exact for
 8- and 16-bit sources, whose floats are samples / 255 or / 65535, and within 1/131070 for resampled
-canvases) and model outputs and features as float16 (see output_dtype); `float32` is the transport
-of old, kept to measure against.
+canvases); fused mode's assembled images as their output 8-bit levels (assembled_dtype: lossless);
+split mode's output tiles and features as in output_dtype. `float32` is the transport of old, kept
+to measure against.
 """
 
 import json
@@ -220,6 +221,14 @@ def output_dtype(transport: str, column: str, module: str):
     return np.float16 if transport == "compact" and column in ("fused", "synthesized") else np.float32
 
 
+def assembled_dtype(transport: str):
+    """How fused mode's assembled images travel to the encoder. Under `compact`: as the 8-bit levels
+    the encoder writes (ugpnet.images.quantize_to_uint8 of the float32 blend), so nothing is lost at
+    the output's 8 bits (float16 moved up to 0.8 % of the samples by one level), at a quarter of the
+    float32 bytes; the write stage widens them back to exactly those levels."""
+    return np.uint8 if transport == "compact" else np.float32
+
+
 _TORCH_DTYPES = {np.float16: "float16", np.float32: "float32"}
 
 
@@ -314,7 +323,9 @@ class ModelStage:
             statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
-            empty = np.zeros(self._empty_shape(name), output_dtype(self.transport, name, self.module))
+            dtype = assembled_dtype(self.transport) if self.module == "fused" else \
+                output_dtype(self.transport, name, self.module)
+            empty = np.zeros(self._empty_shape(name), dtype)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
@@ -387,8 +398,13 @@ class ModelStage:
 
     def _finished(self, assembler, column: str) -> np.ndarray:
         """An image's blended output (3,H*k,W*k) in the dtype its column travels in."""
+        from ugpnet.images import quantize_to_uint8
+
+        del column  # every column of an assembled image travels alike: only the encoder reads them
         image = assembler.result()[0].numpy()
-        return np.ascontiguousarray(image, dtype=output_dtype(self.transport, column, self.module))
+        if assembled_dtype(self.transport) == np.uint8:
+            return quantize_to_uint8(image)  # elementwise: the (3,H,W) layout is kept
+        return np.ascontiguousarray(image)
 
     def _run_tile_sets(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
         """Split mode: the rows carry tile sets in and out (the features exist per tile)."""
@@ -519,13 +535,16 @@ def _tile_count(plan_json: str) -> int:
 
 def _output_image(array, plan):
     """A model output column's value as one float32 (3,H,W) tensor: fused mode ships it assembled
-    (3,H,W); split mode ships the tiles (N,3,S,S), blended here."""
+    (3,H,W), as 8-bit levels under `compact` (widened to the floats that quantise back to exactly
+    those levels); split mode ships the tiles (N,3,S,S), blended here."""
     import torch
 
     from ugpnet.fitting import assemble
 
     # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
     values = torch.from_numpy(np.array(array, dtype=np.float32))
+    if np.asarray(array).dtype == np.uint8:
+        return values.div_(255.0)
     return values if values.dim() == 3 else assemble(values, plan)[0]
 
 
