@@ -12,13 +12,14 @@
    cluster (driver, GCS, raylet, workers) during a fused run of 200 and of 2,000 images, each on a
    fresh cluster. Target: the 2,000-image peak within +25 % of the 200-image peak.
 3. A large photo (--large, 4000x3000 = 12 Mpx by default) in `tile` mode, with the old transport
-   (`float32`) and the new (`compact`: uint16 tiles, float16 RGB outputs): the peak PSS of the
-   whole cluster during a fused run, and the bytes per image that cross the stage boundaries
-   (what the object store carries) fused and split, from the real stage functions in-process.
-   Fused mode streams tiles (the rows carry the canvas and the assembled image); beside its bytes
-   the section prints what the per-tile layout of before (N tiles in, N tiles out) would carry for
-   the same plan. The peak PSS of before is measured by running this section on a checkout from
-   before the streaming change (recorded in docs/execution.md).
+   (`float32`) and the new (`compact`: uint16 canvas/tiles; fused images as 8-bit levels, split's
+   RGB tiles float16): the peak PSS of the whole cluster during a fused run, and the bytes per
+   image that cross the stage boundaries (what the object store carries) fused and split, from the
+   image's plan (exact: the same formula is held to the real stages' arrays in
+   tests/test_restore_memory_units.py). Fused mode streams tiles (the rows carry the canvas and
+   the assembled image); beside its bytes the section prints what the per-tile layout of before
+   (N tiles in, N tiles out) carried for the same plan. The peak PSS of before was measured by
+   running the same fused runs on a checkout from before streaming (recorded in docs/execution.md).
 
     python bench/restore_throughput.py            # small_denoise x 200, memory tiny_denoise 200 vs 2000
     python bench/restore_throughput.py --quick    # 48 images, memory 100 vs 1000: a smoke run
@@ -247,36 +248,26 @@ def large_photo(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def stage_bytes_per_image(bundle: Path, data: bytes, transport: str, modules: tuple[str, ...]) -> tuple[int, int]:
-    """(bytes of the arrays one image's row carries out of decode and out of each model stage, the
-    same for the per-tile layout fused mode had before it streamed tiles: N input tiles in the
-    transport's tile dtype and N output tiles in the fused column's dtype, from the image's plan)."""
-    from pipelines import storage
-    from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit, output_dtype, tile_dtype
-    from ugpnet.fitting import FitPlan
+def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str, stages: str) -> tuple[int, int]:
+    """(bytes one image's row carries across the stage boundaries now, the same for the per-tile
+    layout fused mode had before it streamed tiles: N input tiles in the transport's tile dtype and N
+    output tiles in the fused column's tile dtype). From the image's plan: the shapes are fixed by it
+    (restore_memory.shipped_bytes, held to the real stages' arrays by tests/test_restore_memory_units.py);
+    running split mode in one process on 12 Mpx would hold several GiB of features at once."""
+    from pipelines import restore_memory
+    from pipelines.restore_stages import output_dtype, tile_dtype
+    from ugpnet.fitting import plan_fit
 
-    fused = modules == ("fused",)
     model = ugpnet.load(bundle)
-    settings = StageSettings(run_id="b", model_ref="b", model_version="v", output_root=storage.resolve("/tmp"),
-                             s3=storage.s3_spec_from_env(), input_size=model.input_size, scale=model.scale,
-                             fit="tile", tile_overlap=None, max_pixels=10**9, max_output_pixels=None, ext="png",
-                             quality=95, save_intermediate=False, transport=transport,
-                             stages="fused" if fused else "split")
-    pixels, _, plan, _ = _decode_and_fit(data, settings)
-    payload = {"config": (bundle / "ugpnet.json").read_text(), "weights": (bundle / "model.safetensors").read_bytes()}
-    batch = {"status": np.array(["pending"]), "error": np.array([""]), "input_uri": np.array(["i"]),
-             "fit_plan": [plan], "canvas" if fused else "tiles": [pixels]}
-    shipped = pixels.nbytes
-    for module in modules:
-        batch = ModelStage(payload, module, batch_size=16, threads=os.cpu_count(), use_gpu=False,
-                           keep_intermediate=False, transport=transport)(batch)
-        shipped += sum(batch[name][0].nbytes for name in ("restored", "restoration_feature", "synthesized",
-                                                           "synthesis_feature", "fused") if name in batch)
-    fit = FitPlan.from_json(plan)
-    s, k = fit.input_size, fit.scale
-    per_tile = fit.num_tiles * 3 * (s * s * np.dtype(tile_dtype(transport)).itemsize
-                                    + (s * k) ** 2 * np.dtype(output_dtype(transport, "fused", "fused")).itemsize)
-    return shipped, per_tile if fused else shipped
+    plan = plan_fit(height, width, input_size=model.preset.input_size, scale=model.preset.scale, policy="tile")
+    geometry = restore_memory.model_geometry(model.preset, 0)
+    shipped = restore_memory.shipped_bytes(plan, geometry, transport, stages)
+    if stages != "fused":
+        return shipped, shipped  # split's rows were and are tile sets
+    s, k = plan.input_size, plan.scale
+    per_tile = plan.num_tiles * 3 * (s * s * np.dtype(tile_dtype(transport)).itemsize
+                                     + (s * k) ** 2 * np.dtype(output_dtype(transport, "fused", "fused")).itemsize)
+    return shipped, per_tile
 
 
 def large_photo_section(args) -> None:
@@ -287,16 +278,14 @@ def large_photo_section(args) -> None:
         bundle = ugpnet.save(ugpnet.build(args.large_preset, seed=0), work / "bundle")
         (work / "in").mkdir()
         (work / "in" / "large.jpg").write_bytes(large_photo(width, height))
-        data = (work / "in" / "large.jpg").read_bytes()
         print(f"large photo: {width}x{height} through {args.large_preset}, tile mode", flush=True)
         for transport in ("float32", "compact"):
             large_photo_run(args, work, bundle, transport)
-        for modules in (("fused",), ("restoration", "synthesis", "fusion")):
+        for stages in ("fused", "split"):
             for transport in ("float32", "compact"):
-                shipped, before = stage_bytes_per_image(bundle, data, transport, modules)
-                print(f"  {transport:7} {'fused' if len(modules) == 1 else 'split'}: "
-                      f"{shipped / 2**20:9.1f} MiB through the stage boundaries per image (per-tile layout "
-                      f"before streaming: {before / 2**20:.1f} MiB)", flush=True)
+                shipped, before = stage_bytes_per_image(bundle, width, height, transport, stages)
+                print(f"  {transport:7} {stages}: {shipped / 2**20:9.1f} MiB through the stage boundaries per "
+                      f"image (per-tile layout before streaming: {before / 2**20:.1f} MiB)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,6 +16,8 @@ import io
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ugpnet.fitting import plan_fit
 
 FLOAT = 4  # bytes per float32 sample
@@ -38,6 +40,7 @@ class ModelGeometry:
     scale: int
     feature_channels: int     # F_R + F_G channels: the widest maps at output resolution
     weights_bytes: int
+    restoration_channels: int = 0  # F_R alone (split mode ships it across two pool boundaries)
 
 
 @dataclass(frozen=True)
@@ -161,4 +164,28 @@ def model_geometry(preset, weights_bytes: int) -> ModelGeometry:
     synthesis_channels = stylegan_channels(generator.channel_multiplier, generator.narrow)[generator.out_size]
     return ModelGeometry(input_size=preset.input_size, scale=preset.scale,
                          feature_channels=preset.restoration_feature_channels + synthesis_channels,
-                         weights_bytes=weights_bytes)
+                         weights_bytes=weights_bytes, restoration_channels=preset.restoration_feature_channels)
+
+
+def shipped_bytes(plan, geometry: ModelGeometry, transport: str, stages: str) -> int:
+    """Bytes of the arrays one image's row carries across the stage boundaries (what the object
+    store holds for it), without intermediates, from its FitPlan: fused mode ships the canvas and
+    the assembled image; split mode the tile set, then per tile the restored image and F_R, then
+    F_R, F_G and the synthesized image, then the fused tile. The shapes are fixed by the plan, so
+    this is exact (tests/test_restore_memory_units.py compares it with the real stages' arrays)."""
+    from pipelines.restore_stages import assembled_dtype, output_dtype, tile_dtype
+
+    def size(dtype) -> int:
+        return int(np.dtype(dtype).itemsize)
+
+    k, s = plan.scale, plan.input_size
+    if stages == "fused":
+        return 3 * (plan.canvas_h * plan.canvas_w * size(tile_dtype(transport))
+                    + plan.height * plan.width * k * k * size(assembled_dtype(transport)))
+    out_tile = (s * k) ** 2
+    f_r, f_g = geometry.restoration_channels, geometry.feature_channels - geometry.restoration_channels
+    rgb = (size(output_dtype(transport, "restored", "restoration")) + size(output_dtype(transport, "synthesized",
+                                                                                          "synthesis"))
+           + size(output_dtype(transport, "fused", "fusion")))
+    per_tile = 3 * s * s * size(tile_dtype(transport)) + out_tile * (3 * rgb + (2 * f_r + f_g) * FLOAT)
+    return plan.num_tiles * per_tile
