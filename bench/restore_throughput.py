@@ -14,9 +14,14 @@
    cluster (driver, GCS, raylet, workers) during the fused runs of 200 and of 2,000 images, each on a
    fresh cluster. Target: the 2,000-image peak within +10 % of the 200-image peak.
 3. A large photo (--large, 4000x3000 = 12 Mpx by default) in `tile` mode, with the old transport
-   (`float32`) and the new (`compact`: uint16 tiles, float16 RGB outputs): the peak PSS of the
-   whole cluster during a fused run, and the bytes per image that cross the stage boundaries
-   (what the object store carries) fused and split, from the real stage functions in-process.
+   (`float32`) and the new (`compact`: uint16 canvas/tiles; fused images as 8-bit levels, split's
+   RGB tiles float16): the peak PSS of the whole cluster during a fused run, and the bytes per
+   image that cross the stage boundaries (what the object store carries) fused and split, from the
+   image's plan (exact: the same formula is held to the real stages' arrays in
+   tests/test_restore_memory_units.py). Fused mode streams tiles (the rows carry the canvas and
+   the assembled image); beside its bytes the section prints what the per-tile layout of before
+   (N tiles in, N tiles out) carried for the same plan. The peak PSS of before was measured by
+   running the same fused runs on a checkout from before streaming (recorded in docs/execution.md).
 
     python bench/restore_throughput.py            # tiny_denoise: fused 200 and 2,000 images, split 200
     python bench/restore_throughput.py --quick    # 40 and 200 images: a smoke run
@@ -255,56 +260,62 @@ def large_photo(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def stage_bytes_per_image(bundle: Path, data: bytes, transport: str, modules: tuple[str, ...]) -> int:
-    """Bytes of the arrays one image's row carries out of decode and out of each model stage."""
-    from pipelines import storage
-    from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit
+def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str, stages: str) -> tuple[int, int]:
+    """(bytes one image's row carries across the stage boundaries now, the same for the per-tile
+    layout fused mode had before it streamed tiles: N input tiles in the transport's tile dtype and N
+    output tiles in the fused column's tile dtype). From the image's plan: the shapes are fixed by it
+    (restore_memory.shipped_bytes, held to the real stages' arrays by tests/test_restore_memory_units.py);
+    running split mode in one process on 12 Mpx would hold several GiB of features at once."""
+    from pipelines import restore_memory
+    from pipelines.restore_stages import output_dtype, tile_dtype
+    from ugpnet.fitting import plan_fit
 
     model = ugpnet.load(bundle)
-    settings = StageSettings(run_id="b", model_ref="b", model_version="v", output_root=storage.resolve("/tmp"),
-                             s3=storage.s3_spec_from_env(), input_size=model.input_size, scale=model.scale,
-                             fit="tile", tile_overlap=None, max_pixels=10**9, max_output_pixels=None, ext="png",
-                             quality=95, save_intermediate=False, transport=transport)
-    tiles, _, _, _ = _decode_and_fit(data, settings)
-    payload = {"config": (bundle / "ugpnet.json").read_text(), "weights": (bundle / "model.safetensors").read_bytes()}
-    batch = {"status": np.array(["pending"]), "error": np.array([""]), "input_uri": np.array(["i"]), "tiles": [tiles]}
-    shipped = tiles.nbytes
-    for module in modules:
-        batch = ModelStage(payload, module, batch_size=16, threads=os.cpu_count(), use_gpu=False,
-                           keep_intermediate=False, transport=transport)(batch)
-        shipped += sum(batch[name][0].nbytes for name in ("restored", "restoration_feature", "synthesized",
-                                                           "synthesis_feature", "fused") if name in batch)
-    return shipped
+    plan = plan_fit(height, width, input_size=model.preset.input_size, scale=model.preset.scale, policy="tile")
+    geometry = restore_memory.model_geometry(model.preset, 0)
+    shipped = restore_memory.shipped_bytes(plan, geometry, transport, stages)
+    if stages != "fused":
+        return shipped, shipped  # split's rows were and are tile sets
+    s, k = plan.input_size, plan.scale
+    per_tile = plan.num_tiles * 3 * (s * s * np.dtype(tile_dtype(transport)).itemsize
+                                     + (s * k) ** 2 * np.dtype(output_dtype(transport, "fused", "fused")).itemsize)
+    return shipped, per_tile
 
 
 def large_photo_section(args) -> None:
+    """The peak-memory runs first (the figures that matter most on a busy machine), then the bytes."""
     width, height = (int(v) for v in args.large.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="ugpnet-bench-large-"))
     try:
         bundle = ugpnet.save(ugpnet.build(args.large_preset, seed=0), work / "bundle")
         (work / "in").mkdir()
         (work / "in" / "large.jpg").write_bytes(large_photo(width, height))
-        data = (work / "in" / "large.jpg").read_bytes()
         print(f"large photo: {width}x{height} through {args.large_preset}, tile mode", flush=True)
         for transport in ("float32", "compact"):
-            for modules in (("fused",), ("restoration", "synthesis", "fusion")):
-                shipped = stage_bytes_per_image(bundle, data, transport, modules)
-                print(f"  {transport:7} {'fused' if len(modules) == 1 else 'split'}: "
-                      f"{shipped / 2**20:9.1f} MiB through the stage boundaries per image", flush=True)
-            start_ray()
-            idle = cluster_pss_bytes(os.getpid())
-            with PeakSampler() as sampler:
-                summary = run(RestoreConfig(input=str(work / "in"), output=str(work / f"out-{transport}"),
-                                            model=str(bundle), fit="tile", batch_size=args.batch_size,
-                                            transport=transport, threads_per_actor=os.cpu_count()))
-            import ray
-
-            ray.shutdown()
-            print(f"  {transport:7} fused run: {summary.ok} ok, {summary.errors} error; peak Ray cluster memory "
-                  f"{sampler.peak / 2**20:.0f} MiB (idle {idle / 2**20:.0f} MiB) in {summary.duration_s:.0f} s",
-                  flush=True)
+            large_photo_run(args, work, bundle, transport)
+        for stages in ("fused", "split"):
+            for transport in ("float32", "compact"):
+                shipped, before = stage_bytes_per_image(bundle, width, height, transport, stages)
+                print(f"  {transport:7} {stages}: {shipped / 2**20:9.1f} MiB through the stage boundaries per "
+                      f"image (per-tile layout before streaming: {before / 2**20:.1f} MiB)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def large_photo_run(args, work: Path, bundle: Path, transport: str) -> None:
+    """One fused restore of the large photo on a fresh local Ray; prints the cluster's peak PSS."""
+    import ray
+
+    start_ray()
+    idle = cluster_pss_bytes(os.getpid())
+    with PeakSampler() as sampler:
+        summary = run(RestoreConfig(input=str(work / "in"), output=str(work / f"out-{transport}"),
+                                    model=str(bundle), fit="tile", batch_size=args.batch_size,
+                                    transport=transport, threads_per_actor=os.cpu_count()))
+    ray.shutdown()
+    print(f"  {transport:7} fused run: {summary.ok} ok, {summary.errors} error; peak Ray cluster memory "
+          f"{sampler.peak / 2**20:.0f} MiB (idle {idle / 2**20:.0f} MiB) in {summary.duration_s:.0f} s",
+          flush=True)
 
 
 if __name__ == "__main__":

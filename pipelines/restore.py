@@ -491,7 +491,7 @@ def _plan_memory(rows, config: RestoreConfig, model, s3):
         rows, geometry=geometry, fit=config.fit, tile_overlap=config.tile_overlap,
         outputs=3 if config.save_intermediate else 1, batch_size=batch,
         rows_per_block=config.rows_per_block or 2 * rows_per_model_call(config), actors=actors, budget=budget,
-        node_memory=node_memory, s3=s3)
+        node_memory=node_memory, s3=s3, stages=config.stages)
 
 
 def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory) -> None:
@@ -503,7 +503,8 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir,
         run_id=run_id, model_ref=config.model, model_version=model.model_version, output_root=output, s3=s3,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
-        quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport)
+        quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport,
+        stages=config.stages)
     # A block still failing after its retries is carried past, not the run's end: its rows get
     # their error rows afterwards (pipelines/restore_lost.py).
     context = ray.data.DataContext.get_current().copy()

@@ -51,7 +51,7 @@ def cluster_budget(fixed_actor_total: int) -> tuple[int, int]:
 
 def plan_memory(rows: list[dict], *, geometry: ModelGeometry, fit: str, tile_overlap: int | None, outputs: int,
                 batch_size: int, rows_per_block: int, actors: int, budget: int, node_memory: int,
-                s3: storage.StorageSpec) -> MemoryPlan:
+                s3: storage.StorageSpec, stages: str = "fused") -> MemoryPlan:
     """Refuse (in place: status error, the reason in `error`) pending rows over the budget and
     return the reservations the admitted rows need."""
     pending = [row for row in rows if row["status"] == PENDING]
@@ -63,7 +63,7 @@ def plan_memory(rows: list[dict], *, geometry: ModelGeometry, fit: str, tile_ove
             (width, height), file_bytes = header
             estimates[id(row)] = restore_memory.estimate_image(
                 width, height, geometry=geometry, fit=fit, tile_overlap=tile_overlap, file_bytes=file_bytes,
-                outputs=outputs)
+                outputs=outputs, stages=stages)
     refused = _refuse(pending, estimates, budget, geometry)
     model_share = max((image.model for image in estimates.values()), default=0)
     actor = restore_memory.rounded(restore_memory.actor_memory(geometry, batch_size, model_share))

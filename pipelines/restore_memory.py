@@ -8,11 +8,15 @@ refused at planning as one error row that gives the numbers, instead of being ki
 
 Units: bytes. The copies counted below are the ones the stages make today (see
 pipelines/restore_stages.py); tests/test_restore_memory_units.py holds them to measured peaks.
+Fused mode streams the tiles (the rows carry the canvas in and the assembled image out: one chunk
+of tiles exists at a time); split mode carries tile sets between its pools, which is counted too.
 """
 
 import io
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from ugpnet.fitting import plan_fit
 
@@ -36,6 +40,7 @@ class ModelGeometry:
     scale: int
     feature_channels: int     # F_R + F_G channels: the widest maps at output resolution
     weights_bytes: int
+    restoration_channels: int = 0  # F_R alone (split mode ships it across two pool boundaries)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class ImageMemory:
     out_height: int
     tiles: int
     decode: int               # read + decode + fit task, while the image is worked on
-    held: int                 # what its row carries between stages (the model-size tiles)
+    held: int                 # what its row carries between stages (canvas or image; split: tile sets)
     model: int                # its share of a model actor's batch: inputs and outputs in flight
     encode: int               # assemble + encode + write task
 
@@ -58,8 +63,9 @@ class ImageMemory:
 
 
 def estimate_image(width: int, height: int, *, geometry: ModelGeometry, fit: str, tile_overlap: int | None,
-                   file_bytes: int, outputs: int = 1) -> ImageMemory:
-    """Peak bytes per stage for a width×height image; `outputs` is 3 with save_intermediate."""
+                   file_bytes: int, outputs: int = 1, stages: str = "fused") -> ImageMemory:
+    """Peak bytes per stage for a width×height image; `outputs` is 3 with save_intermediate;
+    `stages` is the restore's stage mode (fused streams tiles, split ships tile sets)."""
     s, k = geometry.input_size, geometry.scale
     plan = plan_fit(height, width, input_size=s, scale=k, policy="resize" if fit == "error" else fit,
                     tile_overlap=tile_overlap)
@@ -73,9 +79,12 @@ def estimate_image(width: int, height: int, *, geometry: ModelGeometry, fit: str
     out_pixels = pixels * k * k
     out_canvas = (canvas if plan.policy == "tile" else pixels) * k * k
     # Decode: the file, Pillow's 8-bit planes (RGBA at most), the float RGB and its conversion
-    # temporary, the alpha plane, two padded canvases, the tiles and their serialised copy.
-    decode = (file_bytes + pixels * 4 + pixels * 3 * FLOAT * 2 + pixels * FLOAT
-              + max(canvas, pixels) * 3 * FLOAT * 2 + tiles_in * 2)
+    # temporary, the alpha plane, two padded canvases, what the row ships and its serialised copy.
+    decoded = (file_bytes + pixels * 4 + pixels * 3 * FLOAT * 2 + pixels * FLOAT
+               + max(canvas, pixels) * 3 * FLOAT * 2)
+    if stages == "fused":
+        return _fused_estimate(width, height, k, tiles, decoded, canvas * 3 * FLOAT, out_pixels, out_canvas, outputs)
+    decode = decoded + tiles_in * 2
     # Model: the tiles as received and stacked; the outputs as chunks, concatenated, serialised.
     model = tiles_in * 2 + tiles_out * 3
     # Encode: the outputs as received and copied; the blend accumulator (3 channels) and weights;
@@ -85,6 +94,21 @@ def estimate_image(width: int, height: int, *, geometry: ModelGeometry, fit: str
               + out_pixels * (3 * FLOAT * 2 + 3 * 3) + out_pixels * FLOAT * 2)
     return ImageMemory(width=width, height=height, out_width=width * k, out_height=height * k, tiles=tiles,
                        decode=decode, held=tiles_in, model=model, encode=encode)
+
+
+def _fused_estimate(width: int, height: int, k: int, tiles: int, decoded: int, canvas_in: int, out_pixels: int,
+                    out_canvas: int, outputs: int) -> ImageMemory:
+    """Fused mode: the row carries the canvas to the model actor and the assembled image(s) back."""
+    image_out = out_pixels * 3 * FLOAT * outputs
+    # Model: the canvas as received; per output column a blend accumulator (3 channels) and its
+    # weights while the image's tiles stream in; the finished images and their serialised copy.
+    # (One chunk of tiles in flight is the actor's, counted in actor_memory's activations.)
+    model = canvas_in + out_canvas * (3 * FLOAT + FLOAT) * outputs + image_out * 2
+    # Encode: the images as received, one float32 copy; per output file the clipped floats, the scaled
+    # floats, the bytes, Pillow's copy and the encoded file; an alpha plane resized in floats.
+    encode = image_out + out_pixels * 3 * FLOAT + out_pixels * (3 * FLOAT * 2 + 3 * 3) + out_pixels * FLOAT * 2
+    return ImageMemory(width=width, height=height, out_width=width * k, out_height=height * k, tiles=tiles,
+                       decode=decoded + canvas_in * 2, held=max(canvas_in, image_out), model=model, encode=encode)
 
 
 def actor_memory(geometry: ModelGeometry, batch_size: int, largest_model_share: int) -> int:
@@ -140,4 +164,28 @@ def model_geometry(preset, weights_bytes: int) -> ModelGeometry:
     synthesis_channels = stylegan_channels(generator.channel_multiplier, generator.narrow)[generator.out_size]
     return ModelGeometry(input_size=preset.input_size, scale=preset.scale,
                          feature_channels=preset.restoration_feature_channels + synthesis_channels,
-                         weights_bytes=weights_bytes)
+                         weights_bytes=weights_bytes, restoration_channels=preset.restoration_feature_channels)
+
+
+def shipped_bytes(plan, geometry: ModelGeometry, transport: str, stages: str) -> int:
+    """Bytes of the arrays one image's row carries across the stage boundaries (what the object
+    store holds for it), without intermediates, from its FitPlan: fused mode ships the canvas and
+    the assembled image; split mode the tile set, then per tile the restored image and F_R, then
+    F_R, F_G and the synthesized image, then the fused tile. The shapes are fixed by the plan, so
+    this is exact (tests/test_restore_memory_units.py compares it with the real stages' arrays)."""
+    from pipelines.restore_stages import assembled_dtype, output_dtype, tile_dtype
+
+    def size(dtype) -> int:
+        return int(np.dtype(dtype).itemsize)
+
+    k, s = plan.scale, plan.input_size
+    if stages == "fused":
+        return 3 * (plan.canvas_h * plan.canvas_w * size(tile_dtype(transport))
+                    + plan.height * plan.width * k * k * size(assembled_dtype(transport)))
+    out_tile = (s * k) ** 2
+    f_r, f_g = geometry.restoration_channels, geometry.feature_channels - geometry.restoration_channels
+    rgb = (size(output_dtype(transport, "restored", "restoration")) + size(output_dtype(transport, "synthesized",
+                                                                                          "synthesis"))
+           + size(output_dtype(transport, "fused", "fusion")))
+    per_tile = 3 * s * s * size(tile_dtype(transport)) + out_tile * (3 * rgb + (2 * f_r + f_g) * FLOAT)
+    return plan.num_tiles * per_tile

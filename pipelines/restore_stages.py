@@ -6,12 +6,25 @@ Every row is one input and carries `status`: `pending` rows are worked on; `erro
 rows pass through every stage untouched, so each input reaches the manifest exactly once. A stage
 that fails on one input turns that row into an `error` row with the stage name and the reason.
 
-Between stages, an image travels as model-size tiles (N,3,s,s) plus its `FitPlan` (JSON); the model
-outputs travel as (N,3,S,S) tiles (S = s*scale) and, in split mode, the features F_R and F_G as
-(N,C,S,S). The alpha plane (H,W) float32 in [0,1] rides along untouched. With the `compact`
-transport (the default) tiles travel as uint16 (value * 65535: exact for 8- and 16-bit sources,
-whose floats are samples / 255 or / 65535, and within 1/131070 for resampled canvases) and model
-outputs and features as float16; `float32` is the transport of old, kept to measure against.
+Between stages an image travels with its `FitPlan` (JSON), and the alpha plane (H,W) float32 in
+[0,1] rides along untouched. How its pixels travel depends on the stage mode:
+
+- fused (one pool runs every module): the read stage ships the fitted canvas (3,canvas_h,canvas_w)
+  once; the model actor cuts tiles from it batch_size at a time, as one stream over the rows of its
+  batch (small one-tile images still share a forward pass), blends each output chunk into that
+  image's `FitAssembler` at once and ships the assembled image(s) (3,H*k,W*k); the write stage only
+  encodes. No full tile set exists anywhere: at ×8 a 12 Mpx photo is thousands of tiles, and the
+  tiles overlap, so the tile set is larger than the image (in and out) and was held several times.
+- split (a pool per module): the rows carry model-size tiles (N,3,s,s), outputs (N,3,S,S)
+  (S = s*scale) and the features F_R and F_G (N,C,S,S) between the pools, and the write stage blends.
+  Features exist per tile by nature (the fusion of tile i needs F_R and F_G of tile i), so a pool can
+  hand the next one nothing smaller than a tile set; split trades that transport for a pool per module.
+
+With the `compact` transport (the default) input pixels travel as uint16 (value * 65535: exact for
+8- and 16-bit sources, whose floats are samples / 255 or / 65535, and within 1/131070 for resampled
+canvases); fused mode's assembled images as their output 8-bit levels (assembled_dtype: lossless);
+split mode's output tiles and features as in output_dtype. `float32` is the transport of old, kept
+to measure against.
 """
 
 import json
@@ -81,6 +94,7 @@ class StageSettings:
     quality: int
     save_intermediate: bool
     transport: str = "compact"  # one of TRANSPORTS
+    stages: str = "fused"  # fused: the rows carry the canvas; split: its tiles (see the module docstring)
 
 
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
@@ -96,11 +110,13 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(pending)))) as pool:
         reads = dict(zip(pending, pool.map(lambda i: _timed_read(rows[i]["input_uri"], settings.s3), pending),
                          strict=True))
-    empty_tiles = np.zeros((0, 3, settings.input_size, settings.input_size), tile_dtype(settings.transport))
-    out = {key: [] for key in (*rows[0].keys(), "tiles", "alpha", "fit_plan", "width", "height", "source_format",
+    column = pixels_column(settings.stages)
+    empty_pixels = np.zeros((3, 0, 0) if column == "canvas" else (0, 3, settings.input_size, settings.input_size),
+                            tile_dtype(settings.transport))
+    out = {key: [] for key in (*rows[0].keys(), column, "alpha", "fit_plan", "width", "height", "source_format",
                                "source_mode", "bytes_in", "read_ms", "decode_ms")}
     for index, row in enumerate(rows):
-        tiles, alpha, plan, info = empty_tiles, np.zeros((0, 0), np.float32), "", {}
+        pixels, alpha, plan, info = empty_pixels, np.zeros((0, 0), np.float32), "", {}
         if index in reads:
             data, read_ms, read_error, read_kind = reads[index]
             info["read_ms"] = read_ms
@@ -110,7 +126,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                 info["bytes_in"] = len(data)
                 started = time.perf_counter()
                 try:
-                    tiles, alpha, plan, decoded_info = _decode_and_fit(data, settings)
+                    pixels, alpha, plan, decoded_info = _decode_and_fit(data, settings)
                     info.update(decoded_info)
                 except Exception as err:  # every failure becomes this row's error, never the job's
                     stage = getattr(err, "stage", "decode")
@@ -120,7 +136,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                 info["decode_ms"] = (time.perf_counter() - started) * 1000
         for key, value in row.items():
             out[key].append(value)
-        out["tiles"].append(tiles)
+        out[column].append(pixels)
         out["alpha"].append(alpha)
         out["fit_plan"].append(plan)
         for key in ("width", "height", "bytes_in"):
@@ -148,7 +164,15 @@ class _StageError(Exception):
         self.stage, self.info = stage, info
 
 
+def pixels_column(stages: str) -> str:
+    """The column the read stage ships an image's pixels in: fused mode's model actor cuts the tiles
+    itself, split mode's restoration pool takes them cut."""
+    return "canvas" if stages == "fused" else "tiles"
+
+
 def _decode_and_fit(data: bytes, settings: StageSettings):
+    """(pixels, alpha, plan JSON, info); pixels: the packed canvas (3,canvas_h,canvas_w) in fused
+    mode, its tiles (N,3,s,s) in split mode."""
     import torch
 
     from ugpnet.fitting import cut_tiles, plan_fit, prepare_canvas
@@ -168,9 +192,13 @@ def _decode_and_fit(data: bytes, settings: StageSettings):
     except ValueError as err:
         raise _StageError("fit", str(err), info) from err
     image = torch.from_numpy(decoded.rgb).permute(2, 0, 1).unsqueeze(0)
-    tiles = pack_tiles(cut_tiles(prepare_canvas(image, plan), plan).contiguous().numpy(), settings.transport)
+    canvas = prepare_canvas(image, plan)
+    if settings.stages == "fused":
+        pixels = pack_tiles(canvas[0].contiguous().numpy(), settings.transport)
+    else:
+        pixels = pack_tiles(cut_tiles(canvas, plan).contiguous().numpy(), settings.transport)
     alpha = decoded.alpha if decoded.alpha is not None else np.zeros((0, 0), np.float32)
-    return tiles, alpha, plan.to_json(), info
+    return pixels, alpha, plan.to_json(), info
 
 
 def tile_dtype(transport: str):
@@ -178,7 +206,7 @@ def tile_dtype(transport: str):
 
 
 def pack_tiles(tiles: np.ndarray, transport: str) -> np.ndarray:
-    """float32 [0,1] tiles → what travels to the model stage."""
+    """float32 [0,1] tiles or canvas → what travels to the model stage."""
     if transport != "compact":
         return tiles
     return np.rint(np.clip(tiles, 0.0, 1.0) * np.float32(TILE_LEVELS)).astype(np.uint16)
@@ -191,6 +219,14 @@ def output_dtype(transport: str, column: str, module: str):
     outputs by up to 2 levels) and the restored image the synthesis pool reads."""
     del module  # the same column has the same dtype in every mode
     return np.float16 if transport == "compact" and column in ("fused", "synthesized") else np.float32
+
+
+def assembled_dtype(transport: str):
+    """How fused mode's assembled images travel to the encoder. Under `compact`: as the 8-bit levels
+    the encoder writes (ugpnet.images.quantize_to_uint8 of the float32 blend), so nothing is lost at
+    the output's 8 bits (float16 moved up to 0.8 % of the samples by one level), at a quarter of the
+    float32 bytes; the write stage widens them back to exactly those levels."""
+    return np.uint8 if transport == "compact" else np.float32
 
 
 _TORCH_DTYPES = {np.float16: "float16", np.float32: "float32"}
@@ -224,7 +260,8 @@ class ModelStage:
         # Shapes of the empty arrays that error/skipped rows carry in each output column.
         self._empty = {"restoration_feature": (0, self.model.preset.restoration_feature_channels, size, size),
                        "synthesis_feature": (0, generator.channels[generator.out_size], size, size)}
-        self._empty_image = (0, 3, size, size)
+        # Fused mode ships assembled images (3,H,W); split mode ships tiles (N,3,S,S).
+        self._empty_image = (3, 0, 0) if module == "fused" else (0, 3, size, size)
         # Release the modules this actor does not run, so a split pool holds only its own weights.
         if module != "fused":
             keep = {"restoration": "resmodule", "synthesis": "synmodule", "fusion": "fusmodule"}[module]
@@ -247,7 +284,7 @@ class ModelStage:
         return [self._empty["synthesis_feature"][1:], self._empty["restoration_feature"][1:]]
 
     # Which row columns a module reads and writes.
-    _INPUTS = {"fused": ("tiles",), "restoration": ("tiles",), "synthesis": ("restored",),
+    _INPUTS = {"fused": ("canvas",), "restoration": ("tiles",), "synthesis": ("restored",),
                "fusion": ("synthesis_feature", "restoration_feature")}
 
     def _outputs(self) -> tuple[str, ...]:
@@ -258,7 +295,9 @@ class ModelStage:
 
     def _dropped(self) -> tuple[str, ...]:
         """Columns no later stage needs."""
-        if self.module in ("fused", "restoration"):
+        if self.module == "fused":
+            return ("canvas",)
+        if self.module == "restoration":
             return ("tiles",)
         if self.module == "synthesis":
             return () if self.keep_intermediate else ("restored",)
@@ -284,7 +323,9 @@ class ModelStage:
             statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
-            empty = np.zeros(self._empty_shape(name), output_dtype(self.transport, name, self.module))
+            dtype = assembled_dtype(self.transport) if self.module == "fused" else \
+                output_dtype(self.transport, name, self.module)
+            empty = np.zeros(self._empty_shape(name), dtype)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
@@ -311,6 +352,62 @@ class ModelStage:
     def _run_together(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
         """The model over all tiles of `rows` in chunks of batch_size; fills per_row and model_ms
         only when every chunk succeeded."""
+        if self.module == "fused":
+            self._stream_together(batch, rows, per_row, model_ms)
+        else:
+            self._run_tile_sets(batch, rows, per_row, model_ms)
+
+    def _stream_together(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
+        """Fused: the tiles of `rows` as one stream, cut from each row's canvas batch_size at a time,
+        each output chunk blended into its image's assemblers (one per output column) at once. An
+        image is finished, in its transport dtype, as soon as its last tile is in, so at most the
+        images of one chunk have an accumulator; the blend is `assemble`'s, tile for tile."""
+        import torch
+
+        from ugpnet.fitting import FitPlan, cut_tiles
+
+        out_names = self._outputs()
+        plans = {i: FitPlan.from_json(batch["fit_plan"][i]) for i in rows}
+        started = time.perf_counter()
+        fault_hooks.before_model([batch["input_uri"][i] for i in rows])
+        canvases, assemblers, finished = {}, {}, {}
+        with torch.inference_mode():
+            for chunk in tile_chunks([(i, plans[i].num_tiles) for i in rows], self.batch_size):
+                for i, _, _ in chunk:
+                    if i not in canvases:
+                        canvases[i] = torch.as_tensor(np.ascontiguousarray(batch["canvas"][i])).unsqueeze(0)
+                tiles = torch.cat([cut_tiles(canvases[i], plans[i], first, count) for i, first, count in chunk])
+                # float32 back from the runner: outputs are rounded to the transport once, after the blend.
+                outputs = self.runner.run(tiles.numpy(), unpack=_unpack, out_dtypes=[torch.float32] * len(out_names))
+                offset = 0
+                for i, first, count in chunk:
+                    images = assemblers.setdefault(i, [_assembler(plans[i]) for _ in out_names])
+                    for assembler, output in zip(images, outputs, strict=True):
+                        assembler.add(torch.from_numpy(output[offset:offset + count]))
+                    offset += count
+                    if first + count == plans[i].num_tiles:
+                        finished[i] = [self._finished(assembler, name)
+                                       for assembler, name in zip(assemblers.pop(i), out_names, strict=True)]
+                        del canvases[i]
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        total = max(1, sum(plan.num_tiles for plan in plans.values()))
+        for i in rows:
+            model_ms[i] += elapsed_ms * plans[i].num_tiles / total
+            for name, image in zip(out_names, finished[i], strict=True):
+                per_row[name][i] = image
+
+    def _finished(self, assembler, column: str) -> np.ndarray:
+        """An image's blended output (3,H*k,W*k) in the dtype its column travels in."""
+        from ugpnet.images import quantize_to_uint8
+
+        del column  # every column of an assembled image travels alike: only the encoder reads them
+        image = assembler.result()[0].numpy()
+        if assembled_dtype(self.transport) == np.uint8:
+            return quantize_to_uint8(image)  # elementwise: the (3,H,W) layout is kept
+        return np.ascontiguousarray(image)
+
+    def _run_tile_sets(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
+        """Split mode: the rows carry tile sets in and out (the features exist per tile)."""
         import torch
 
         in_names, out_names = self._INPUTS[self.module], self._outputs()
@@ -334,6 +431,29 @@ class ModelStage:
 
     def _empty_shape(self, name: str) -> tuple[int, ...]:
         return self._empty.get(name, self._empty_image)
+
+
+def tile_chunks(tile_counts: list[tuple[int, int]], size: int):
+    """Chunks of `size` tiles (the last may be smaller) over the rows' tiles in order, rows
+    (row, tiles) following each other in one stream: each chunk a list of (row, first tile, count)."""
+    chunk, room = [], size
+    for row, tiles in tile_counts:
+        first = 0
+        while first < tiles:
+            count = min(room, tiles - first)
+            chunk.append((row, first, count))
+            first, room = first + count, room - count
+            if room == 0:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
+def _assembler(plan):
+    from ugpnet.fitting import FitAssembler
+
+    return FitAssembler(plan)
 
 
 def _unpack(tensor):
@@ -391,7 +511,7 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
             "width": _maybe(row.get("width")), "height": _maybe(row.get("height")),
             "source_format": row.get("source_format") or None, "source_mode": row.get("source_mode") or None,
             "has_alpha": has_alpha if row["status"] != SKIPPED else None,
-            "tiles": len(batch["fused"][index]) if row["status"] == OK else None,
+            "tiles": _tile_count(row["fit_plan"]) if row["status"] == OK else None,
             "bytes_in": _maybe(row.get("bytes_in")),
             "read_ms": row.get("read_ms"), "decode_ms": row.get("decode_ms"), "model_ms": row.get("model_ms"),
             **record,
@@ -407,11 +527,30 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 
-def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Location,
-                          settings: StageSettings) -> dict:
+def _tile_count(plan_json: str) -> int:
+    from ugpnet.fitting import FitPlan
+
+    return FitPlan.from_json(plan_json).num_tiles
+
+
+def _output_image(array, plan):
+    """A model output column's value as one float32 (3,H,W) tensor: fused mode ships it assembled
+    (3,H,W), as 8-bit levels under `compact` (widened to the floats that quantise back to exactly
+    those levels); split mode ships the tiles (N,3,S,S), blended here."""
     import torch
 
-    from ugpnet.fitting import FitPlan, assemble
+    from ugpnet.fitting import assemble
+
+    # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
+    values = torch.from_numpy(np.array(array, dtype=np.float32))
+    if np.asarray(array).dtype == np.uint8:
+        return values.div_(255.0)
+    return values if values.dim() == 3 else assemble(values, plan)[0]
+
+
+def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Location,
+                          settings: StageSettings) -> dict:
+    from ugpnet.fitting import FitPlan
     from ugpnet.images import encode_image, resize_alpha
 
     started = time.perf_counter()
@@ -424,9 +563,7 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
         alpha = np.asarray(batch["alpha"][index])
         encoded = {}
         for location, column in files.items():
-            # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
-            image = assemble(torch.from_numpy(np.array(batch[column][index], dtype=np.float32)), plan)[0]
-            rgb = image.permute(1, 2, 0).numpy()
+            rgb = _output_image(batch[column][index], plan).permute(1, 2, 0).numpy()
             if alpha.size and alpha.shape != rgb.shape[:2]:
                 alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])
             encoded[location] = encode_image(rgb, alpha=alpha if alpha.size else None, fmt=settings.ext,
@@ -464,7 +601,7 @@ def _rows(batch: dict) -> list[dict]:
     return [{name: _plain(batch[name][i]) for name in names} for i in range(count)]
 
 
-_HEAVY = {"tiles", "restored", "synthesized", "fused", "restoration_feature", "synthesis_feature"}
+_HEAVY = {"canvas", "tiles", "restored", "synthesized", "fused", "restoration_feature", "synthesis_feature"}
 
 
 def _plain(value):

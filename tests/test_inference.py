@@ -222,9 +222,13 @@ def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
 # ---------------------------------------------------------------- the model actor
 
 def _pending_batch(count: int, size: int) -> dict:
-    tiles = np.random.default_rng(1).random((count, 1, 3, size, size), dtype=np.float32)
+    """`count` one-tile images (the fused stage's rows carry a canvas and its fit plan)."""
+    from ugpnet.fitting import plan_fit
+
+    canvases = np.random.default_rng(1).random((count, 3, size, size), dtype=np.float32)
+    plan = plan_fit(size, size, input_size=size, scale=1, policy="tile").to_json()
     # input_uri: every real row has one (the model stage hands it to pipelines.fault_hooks)
-    return {"tiles": list(tiles), "status": [PENDING] * count, "error": [""] * count,
+    return {"canvas": list(canvases), "fit_plan": [plan] * count, "status": [PENDING] * count, "error": [""] * count,
             "input_uri": [f"/in/{index}.png" for index in range(count)]}
 
 
@@ -239,11 +243,11 @@ def test_the_actor_runs_the_model_exactly_and_measures_its_batch(tiny_bundle):
     assert fixed.batch_size == 2
     model = ugpnet.load(str(tiny_bundle)).eval()
     with torch.inference_mode():
-        expected = model(torch.from_numpy(np.concatenate(batch["tiles"])))
+        expected = model(torch.from_numpy(np.stack(batch["canvas"])))
     for stage in (auto, fixed):
         out = stage(dict(batch))
         assert out["status"] == [PENDING] * 3
-        got = np.concatenate(out["fused"])
+        got = np.stack(out["fused"])
         # Only summation order differs between batch sizes.
         assert np.linalg.norm(got - expected.numpy()) <= 1e-5 * np.linalg.norm(expected.numpy())
 
@@ -255,7 +259,7 @@ def test_the_actor_runs_bf16_close_to_fp32(tiny_bundle):
     for precision in ("fp32", "bf16"):
         stage = ModelStage(payload, "fused", 2, 1, False, False,
                            execution=ExecutionSettings(precision=precision, batch_size=2), transport="float32")
-        outputs[precision] = np.concatenate(stage(dict(batch))["fused"])
+        outputs[precision] = np.stack(stage(dict(batch))["fused"])
     assert outputs["bf16"].dtype == np.float32
     distance = eight_bit_distance(torch.from_numpy(outputs["fp32"]), torch.from_numpy(outputs["bf16"]))
     assert 0 < distance["relative_l2"] < 0.05

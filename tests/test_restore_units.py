@@ -349,6 +349,10 @@ def _rows_for(files: dict[str, Path], model_version: str = "v") -> dict:
 
 
 def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
+    import torch
+
+    from ugpnet.fitting import FitPlan, assemble
+
     model = resolve_model(str(tiny_bundle))
     payload = load_payload(model)
     samples = {s.name: s for s in good_samples()}
@@ -360,6 +364,9 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
         files[name.rsplit(".", 1)[0] + ".png"] = path
     decoded = read_decode_fit(_rows_for(files, model.model_version), _settings(tmp_path / "out", model))
     assert decoded["status"] == ["pending"] * 3
+    # Split mode's rows carry tile sets; fused mode's carry the canvas (tested below).
+    split = read_decode_fit(_rows_for(files, model.model_version),
+                            _settings(tmp_path / "out", model, stages="split"))
 
     def stage(module):
         # float32 transport: this compares the modules' floats (compact rounds outputs to float16)
@@ -367,14 +374,14 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
                           transport="float32")
 
     fused = stage("fused")(dict(decoded))
-    split = dict(decoded)
     for module in ("restoration", "synthesis", "fusion"):
         split = stage(module)(split)
     for column in ("fused", "restored", "synthesized"):
-        for a, b in zip(fused[column], split[column], strict=True):
-            assert a.shape == b.shape and a.shape[0] >= 1
+        for a, b, plan in zip(fused[column], split[column], fused["fit_plan"], strict=True):
+            b = assemble(torch.from_numpy(np.array(b)), FitPlan.from_json(plan))[0].numpy()
+            assert a.shape == b.shape and a.size > 0
             assert np.abs(a - b).max() <= 1e-5
-    assert "restoration_feature" not in split and "tiles" not in split
+    assert "restoration_feature" not in split and "tiles" not in split and "canvas" not in fused
 
     table = encode_and_write(fused, _settings(tmp_path / "out", model))
     assert table.column("status").to_pylist() == ["ok"] * 3
@@ -385,6 +392,45 @@ def test_fused_and_split_agree_before_quantisation(tiny_bundle, tmp_path):
         assert (out / name).is_file() and (out / "_intermediate/restored" / name).is_file()
         marker = out / marker_for(name, model.model_version, str(files[name]), {}).relative
         assert json.loads(marker.read_text())["run_id"] == "r1"
+
+
+def test_fused_mode_streams_tiles_and_ships_assembled_images(tiny_bundle, tmp_path):
+    """No full tile set in fused mode: the read stage ships the canvas, the model actor sees only
+    chunks of batch_size tiles (one stream over its rows, so one-tile images share a forward pass)
+    and ships each image assembled; the write stage encodes it as split mode's blend would."""
+    model = resolve_model(str(tiny_bundle))
+    files = {}
+    for name, (width, height) in {"big.jpg": (300, 200), "a.jpg": (64, 64), "b.jpg": (64, 64)}.items():
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(photo(width, height))
+        files[name.replace(".jpg", ".png")] = tmp_path / "in" / name
+    settings = _settings(tmp_path / "out", model, save_intermediate=False)
+    decoded = read_decode_fit(_rows_for(files, model.model_version), settings)
+    assert "tiles" not in decoded and [c.shape for c in decoded["canvas"]] == [(3, 200, 300), (3, 64, 64), (3, 64, 64)]
+    stage = ModelStage(load_payload(model), "fused", batch_size=4, threads=1, use_gpu=False, keep_intermediate=False)
+    seen = []
+    run = stage.runner.run
+    stage.runner.run = lambda tiles, **kw: seen.append(tiles.shape[0]) or run(tiles, **kw)
+    out = stage(dict(decoded))
+    table = encode_and_write(out, settings).to_pylist()
+    tiles = [row["tiles"] for row in table]
+    assert tiles[0] > 4 and tiles[1:] == [1, 1] and [row["status"] for row in table] == ["ok"] * 3
+    # Chunks of 4 over all rows' tiles: the last chunk mixes the big image's last tiles with the small ones.
+    assert sum(seen) == sum(tiles) and max(seen) == 4 and len(seen) == -(-sum(tiles) // 4)
+    assert [image.shape for image in out["fused"]] == [(3, 200, 300), (3, 64, 64), (3, 64, 64)]
+    # The same bytes as split mode, whose rows carry tile sets that the write stage blends.
+    split = read_decode_fit(_rows_for(files, model.model_version), _settings(tmp_path / "split", model,
+                                                                               save_intermediate=False,
+                                                                               stages="split"))
+    for module in ("restoration", "synthesis", "fusion"):
+        split = ModelStage(load_payload(model), module, 4, 1, False, False)(split)
+    encode_and_write(split, _settings(tmp_path / "split", model, save_intermediate=False, stages="split"))
+    for name in files:
+        fused_pixels = np.asarray(Image.open(tmp_path / "out" / name)).astype(int)
+        split_pixels = np.asarray(Image.open(tmp_path / "split" / name)).astype(int)
+        # compact: fused rounds to float16 once after the blend, split before it (and keeps the
+        # restored image and features float32): within one 8-bit level.
+        assert np.abs(fused_pixels - split_pixels).max() <= 1
 
 
 def test_bad_rows_pass_every_stage_as_one_error_row(tiny_bundle, tmp_path):
