@@ -12,7 +12,7 @@ and prints min/median of the overhead of each pair; `data wait` is the share of 
 timed wall time spent waiting for its next batch. Usage:
 
     python bench/train_throughput.py [--preset small_denoise] [--steps 30] [--batch-size 4]
-                                     [--repeats 3] [--no-two-workers]
+                                     [--repeats 3] [--no-two-workers] [--stages restoration]
 """
 
 import argparse
@@ -28,7 +28,8 @@ import torch
 STAGES = ("restoration", "synthesis", "fusion")
 
 
-def plain_loop_samples_per_s(preset: str, uris: list[str], steps: int, batch: int, threads: int) -> dict:
+def plain_loop_samples_per_s(preset: str, uris: list[str], steps: int, batch: int, threads: int,
+                             stages: tuple[str, ...] = STAGES) -> dict:
     import ugpnet
     from pipelines.train_data import make_train_sample
     from ugpnet.degradations import DEFAULT_DEGRADATIONS
@@ -45,7 +46,7 @@ def plain_loop_samples_per_s(preset: str, uris: list[str], steps: int, batch: in
                for i in range(0, len(rows), batch)]
     hyper = default_hyperparams(model.preset)
     results = {}
-    for stage in STAGES:
+    for stage in stages:
         trainer = StageTrainer(model, stage, replace(hyper.stage(stage), steps=steps + 1, batch_size=batch))
         trainer.train_step(*batches[0])  # first step excluded, as in the Ray workers
         start = time.perf_counter()
@@ -56,7 +57,7 @@ def plain_loop_samples_per_s(preset: str, uris: list[str], steps: int, batch: in
 
 
 def ray_train_samples_per_s(preset: str, data: Path, steps: int, batch: int, workers: int, cpus: float,
-                            storage: Path) -> tuple[dict, dict, float]:
+                            storage: Path, stages: tuple[str, ...] = STAGES) -> tuple[dict, dict, float]:
     from pipelines.train import run
     from pipelines.train_config import build_config
 
@@ -65,12 +66,13 @@ def ray_train_samples_per_s(preset: str, data: Path, steps: int, batch: int, wor
     config = build_config({"preset": preset, "data": str(data), "run_name": f"bench-{workers}w",
                            "storage": str(storage), "workers": workers, "cpus_per_worker": cpus,
                            "steps": [steps + 1] * 3, "batch_size": batch, "register_model": False,
-                           "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}", "log_interval": 1000}, overrides)
+                           "stages": list(stages), "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}",
+                           "log_interval": 1000}, overrides)
     start = time.perf_counter()
     result = run(config)
     wall = time.perf_counter() - start
-    waits = {s: result.stage_metrics[s].get("data_wait_fraction", float("nan")) for s in STAGES}
-    return {s: result.stage_metrics[s]["samples_per_s"] for s in STAGES}, waits, wall
+    waits = {s: result.stage_metrics[s].get("data_wait_fraction", float("nan")) for s in stages}
+    return {s: result.stage_metrics[s]["samples_per_s"] for s in stages}, waits, wall
 
 
 def load() -> str:
@@ -88,7 +90,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="alternated plain / 1-worker Ray pairs")
     parser.add_argument("--no-two-workers", dest="two_workers", action="store_false")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages")
     args = parser.parse_args()
+    stages = tuple(s for s in STAGES if s in args.stages.split(","))
 
     import ray
 
@@ -106,10 +110,11 @@ def main() -> None:
     plains, ones, waits = [], [], []
     for repeat in range(args.repeats):
         print(f"repeat {repeat + 1}: plain loop ({load()})", flush=True)
-        plains.append(plain_loop_samples_per_s(args.preset, uris, args.steps, args.batch_size, threads=1))
+        plains.append(plain_loop_samples_per_s(args.preset, uris, args.steps, args.batch_size, threads=1,
+                                               stages=stages))
         print(f"repeat {repeat + 1}: Ray Train 1 worker ({load()})", flush=True)
         one, wait, wall_one = ray_train_samples_per_s(args.preset, photos, args.steps, args.batch_size, 1, 1.0,
-                                                      work / f"r1-{repeat}")
+                                                      work / f"r1-{repeat}", stages)
         ones.append(one)
         waits.append(wait)
     two = None
@@ -117,13 +122,13 @@ def main() -> None:
         print(f"Ray Train 2 workers ({load()})", flush=True)
         # 0.5 CPU per worker leaves room for the data tasks (0.75 each stalled stage 1 on a 2-CPU Ray)
         two, _, wall_two = ray_train_samples_per_s(args.preset, photos, args.steps, args.batch_size, 2, 0.5,
-                                                   work / "r2")
+                                                   work / "r2", stages)
     print(f"preset={args.preset} steps/stage={args.steps} batch/worker={args.batch_size} "
           f"torch threads/worker=1 cpus={ray.cluster_resources().get('CPU')} repeats={args.repeats} "
           f"nice={os.nice(0)} RAY_worker_niceness={os.environ['RAY_worker_niceness']} ({load()})")
     print(f"{'stage':12} {'plain s/s':>10} {'ray 1w s/s':>11} {'ray 2w s/s':>11} {'overhead 1w min/median':>23} "
           f"{'data wait':>10} {'2w/1w':>6}")
-    for stage in STAGES:
+    for stage in stages:
         overheads = [p[stage] / o[stage] - 1 for p, o in zip(plains, ones, strict=True)]
         plain = statistics.median(p[stage] for p in plains)
         one = statistics.median(o[stage] for o in ones)
@@ -131,7 +136,7 @@ def main() -> None:
         two_s = f"{two[stage]:>11.2f} " if two else f"{'-':>11} "
         scale = f"{two[stage] / one:>6.2f}" if two else f"{'-':>6}"
         print(f"{stage:12} {plain:>10.2f} {one:>11.2f} {two_s}{min_median(overheads):>23} {wait:>10.1%} {scale}")
-    print(f"wall time incl. start-up for three stages: 1 worker {wall_one:.0f}s"
+    print(f"wall time incl. start-up for the stages: 1 worker {wall_one:.0f}s"
           + (f", 2 workers {wall_two:.0f}s" if two else ""))
     print("overhead 1w = plain/ray − 1 per alternated pair (target ≤ 10%); samples/s: medians, all workers' samples")
 
