@@ -65,7 +65,7 @@ def ray_train_samples_per_s(preset: str, data: Path, steps: int, batch: int, wor
                                                                                  "validation_interval")]
     config = build_config({"preset": preset, "data": str(data), "run_name": f"bench-{workers}w",
                            "storage": str(storage), "workers": workers, "cpus_per_worker": cpus,
-                           "steps": [steps + 1] * 3, "batch_size": batch, "register_model": False,
+                           "steps": [steps + 1] * len(stages), "batch_size": batch, "register_model": False,
                            "stages": list(stages), "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}",
                            "log_interval": 1000}, overrides)
     start = time.perf_counter()
