@@ -121,10 +121,11 @@ def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit
     return torch.stack(lqs), torch.stack(gts)
 
 
-# Rows per Ray Data block (one map task each). from_items alone cuts a 400-row epoch into 200 blocks
-# of 2, and a row-level random_shuffle of those is 400 more tasks: on a 2-CPU node the streaming
-# executor's scheduling of all those tasks took about half a CPU beside a 1-CPU train worker
-# (py-spy of the SplitCoordinator, bench/train_throughput.py). 16 rows is 4 batches of the small
+# Rows per Ray Data block (one map task each). from_items alone cuts an epoch into up to 200 blocks
+# of a few rows, and the row-level random_shuffle that followed ran an all-to-all over them every
+# pass (256 rows came out as 146 blocks). py-spy of the SplitCoordinator during
+# bench/train_throughput.py at 1 worker found its streaming-executor scheduling loop on the CPU in
+# 57 % of samples, beside a 1-CPU train worker on a 2-CPU node. 16 rows are 4 batches of the small
 # presets' 4, so one task fills the worker's prefetch.
 ROWS_PER_BLOCK = 16
 
