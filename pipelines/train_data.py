@@ -123,10 +123,10 @@ def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit
 
 # Rows per Ray Data block (one map task each). from_items alone cuts an epoch into up to 200 blocks
 # of a few rows, and the row-level random_shuffle that followed ran an all-to-all over them every
-# pass (256 rows came out as 146 blocks). py-spy of the SplitCoordinator during
-# bench/train_throughput.py at 1 worker found its streaming-executor scheduling loop on the CPU in
-# 57 % of samples, beside a 1-CPU train worker on a 2-CPU node. 16 rows are 4 batches of the small
-# presets' 4, so one task fills the worker's prefetch.
+# pass (256 rows came out as 146 blocks): hundreds of tiny tasks per epoch for the streaming executor
+# to schedule on the node the train worker shares. 16 rows are 4 batches of the small presets' 4,
+# so one task fills the worker's prefetch. (Its effect on step time was not measurable on the loaded
+# machine it was written on; the task count per epoch is what it changes.)
 ROWS_PER_BLOCK = 16
 
 
