@@ -121,14 +121,26 @@ def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit
     return torch.stack(lqs), torch.stack(gts)
 
 
+# Rows per Ray Data block (one map task each). from_items alone cuts an epoch into up to 200 blocks
+# of a few rows, and the row-level random_shuffle that followed ran an all-to-all over them every
+# pass (256 rows came out as 146 blocks): hundreds of tiny tasks per epoch for the streaming executor
+# to schedule on the node the train worker shares. 16 rows are 4 batches of the small presets' 4,
+# so one task fills the worker's prefetch. (Its effect on step time was not measurable on the loaded
+# machine it was written on; the task count per epoch is what it changes.)
+ROWS_PER_BLOCK = 16
+
+
 def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_per_epoch: int):
     """An epoch of `samples_per_epoch` random crops, cycling through the images (a small folder
-    still gives every worker full batches; each pass draws new crops and degradations)."""
+    still gives every worker full batches; each pass draws new crops and degradations). The rows
+    are shuffled once here and the blocks again on every pass (randomize_block_order): the rows are
+    only image URIs, so a row-level all-to-all shuffle each pass buys little and costs many tasks."""
     import ray
 
     items = [{"uri": uris[i % len(uris)]} for i in range(max(samples_per_epoch, len(uris)))]
-    # Fractional CPUs, the shuffle's too (Ray Data gives its tasks 1 CPU by default): on a small node
-    # whole-CPU data tasks starve beside the train workers. Measured: 2 workers × 0.75 CPU on a 2-CPU
-    # node left 0.5 CPU, so the shuffle never ran and stage 1 sat waiting for data.
-    return ray.data.from_items(items).random_shuffle(num_cpus=0.25).map(
+    np.random.default_rng().shuffle(items)
+    blocks = max(1, -(-len(items) // ROWS_PER_BLOCK))
+    # Fractional CPUs (Ray Data gives its tasks 1 CPU by default): on a small node whole-CPU data
+    # tasks starve beside the train workers (2 workers × 0.75 CPU on a 2-CPU node left 0.5 CPU).
+    return ray.data.from_items(items, override_num_blocks=blocks).randomize_block_order().map(
         make_train_sample, fn_kwargs={"size": size, "degradation": degradation}, num_cpus=0.25)

@@ -65,10 +65,20 @@ class RankZeroLogger:
 
 class ThroughputClock:
     """Samples/s over this session's steps, timed from the end of its first step (so start-up,
-    resumption and the first data batch are not counted)."""
+    resumption and the first data batch are not counted). `waiting` is the time between asking the
+    iterator for a batch (`asking`) and having it (`fetched`): fetch, collate, a starved pipeline."""
 
     def __init__(self, samples_per_step: int):
         self.samples_per_step, self.start, self.steps = samples_per_step, None, 0
+        self.asked_at = None
+        self.waiting = 0.0
+
+    def asking(self) -> None:
+        self.asked_at = time.perf_counter()
+
+    def fetched(self) -> None:
+        if self.asked_at is not None and self.start is not None:
+            self.waiting += time.perf_counter() - self.asked_at
 
     def tick(self) -> None:
         if self.start is None:
@@ -80,6 +90,12 @@ class ThroughputClock:
     def samples_per_s(self) -> float:
         elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
         return self.steps * self.samples_per_step / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        """Share of the timed wall time spent waiting for the next batch (fetch, collate, a starved pipeline)."""
+        elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
+        return self.waiting / elapsed if elapsed > 0 else 0.0
 
 
 def ddp_wrapper(world_size: int):
@@ -135,18 +151,21 @@ def train_stage_loop(config: dict) -> None:
     while trainer.step < hp.steps:
         for batch in shard.iter_torch_batches(batch_size=hp.batch_size, drop_last=True,
                                                 prefetch_batches=PREFETCH_BATCHES):
+            clock.fetched()
             terms = trainer.train_step(batch["lq"], batch["gt"])
             clock.tick()
             step = trainer.step
             if step % config["log_interval"] == 0 or step == hp.steps:
                 logger.metrics(terms, step, prefix="train/")
-            metrics = {"step": step, "samples_per_s": clock.samples_per_s}
+            metrics = {"step": step, "samples_per_s": clock.samples_per_s,
+                       "data_wait_fraction": clock.data_wait_fraction}
             if step % hp.validation_interval == 0 or step == hp.steps:
                 metrics |= validate(trainer, val_lq, val_gt, logger, step) if rank == 0 else {}
             if step % hp.checkpoint_interval == 0 or step == hp.steps:
                 report_checkpoint(trainer, metrics, rank)
             if step >= hp.steps:
                 break
+            clock.asking()
 
 
 def validate(trainer: StageTrainer, lq: torch.Tensor, gt: torch.Tensor, logger: RankZeroLogger, step: int):
