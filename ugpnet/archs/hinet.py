@@ -29,23 +29,45 @@ class UNetConvBlock(nn.Module):
             self.downsample = nn.Conv2d(out_size, out_size, 4, 2, 1, bias=False)
 
     def forward(self, x, enc=None, dec=None):
+        out = self._forward_fast(x, enc, dec) if runs_fast(self) else self._forward_reference(x, enc, dec)
+        if hasattr(self, "downsample"):
+            return self.downsample(out), out
+        return out
+
+    def _forward_reference(self, x, enc, dec):
         out = self.conv_1(x)
         if hasattr(self, "norm"):
             normed_half, kept_half = out.chunk(2, dim=1)
             out = torch.cat([self.norm(normed_half), kept_half], dim=1)
-        if runs_fast(self):
-            out = F.leaky_relu_(self.conv_2(F.leaky_relu_(out, self.relu_slope)), self.relu_slope)
-            out = out.add_(self.identity(x))
-            if enc is not None and dec is not None:
-                out = out.add_(self.csff_enc(enc)).add_(self.csff_dec(dec))
-        else:
-            out = F.leaky_relu(out, self.relu_slope)
-            out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
-            if enc is not None and dec is not None:
-                out = out + self.csff_enc(enc) + self.csff_dec(dec)
-        if hasattr(self, "downsample"):
-            return self.downsample(out), out
+        out = F.leaky_relu(out, self.relu_slope)
+        out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
+        if enc is not None and dec is not None:
+            out = out + self.csff_enc(enc) + self.csff_dec(dec)
         return out
+
+    def _forward_fast(self, x, enc, dec):
+        out = self.conv_1(x)
+        if hasattr(self, "norm"):
+            # nn.InstanceNorm2d returns a contiguous tensor whatever its input, and the cat with
+            # the kept half then turns every later block (all of stage 2) contiguous: normalise
+            # the first half in place instead, so the block stays channels_last and copies nothing.
+            half_instance_norm_(out, self.norm)
+        out = F.leaky_relu_(self.conv_2(F.leaky_relu_(out, self.relu_slope)), self.relu_slope)
+        out = out.add_(self.identity(x))
+        if enc is not None and dec is not None:
+            out = out.add_(self.csff_enc(enc)).add_(self.csff_dec(dec))
+        return out
+
+
+def half_instance_norm_(out: torch.Tensor, norm: nn.InstanceNorm2d) -> torch.Tensor:
+    """HINet's half-instance norm in place: `norm` applied to the first `norm.num_features`
+    channels of `out` (instance statistics, biased variance, as nn.InstanceNorm2d without
+    running stats); the other half is kept. `out` keeps its memory format."""
+    half = out[:, : norm.num_features]
+    var, mean = torch.var_mean(half, dim=(2, 3), keepdim=True, correction=0)
+    scale = (var + norm.eps).rsqrt_().mul_(norm.weight.view(1, -1, 1, 1))
+    half.sub_(mean).mul_(scale).add_(norm.bias.view(1, -1, 1, 1))
+    return out
 
 
 class UNetUpBlock(nn.Module):
@@ -68,6 +90,9 @@ class SupervisedAttention(nn.Module):
         self.conv3 = nn.Conv2d(3, channels, 3, padding=1)
 
     def forward(self, x, image):
+        if runs_fast(self):  # the same computation with in-place sigmoid, gate and residual
+            predicted = self.conv2(x).add_(image)
+            return self.conv1(x).mul_(torch.sigmoid_(self.conv3(predicted))).add_(x), predicted
         predicted = self.conv2(x) + image
         gated = self.conv1(x) * torch.sigmoid(self.conv3(predicted))
         return gated + x, predicted
