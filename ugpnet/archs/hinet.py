@@ -131,9 +131,9 @@ class HINet(nn.Module):
 
     def forward(self, image):
         """Returns the stage-2 decoder feature (B, wf, H, W) for any H×W."""
-        image, (h, w) = pad_to_multiple(in_fast_layout(self, image) if runs_fast(self) else image,
-                                        self.padder_size)
-        x1 = self.conv_01(image)
+        fast = runs_fast(self)
+        image, (h, w) = pad_to_multiple(in_fast_layout(self, image) if fast else image, self.padder_size)
+        stem = x1 = self.conv_01(image)  # the blocks only read their input: stage 2 may reuse it
         encs, decs = [], []
         for i, down in enumerate(self.down_path_1):
             if i + 1 < self.depth:
@@ -145,7 +145,7 @@ class HINet(nn.Module):
             x1 = up(x1, self.skip_conv_1[i](encs[-i - 1]))
             decs.append(x1)
         sam_feature, _ = self.sam12(x1, image)
-        x2 = self.cat12(torch.cat([self.conv_01(image), sam_feature], dim=1))
+        x2 = self.cat12(torch.cat([stem if fast else self.conv_01(image), sam_feature], dim=1))
         blocks = []
         for i, down in enumerate(self.down_path_2):
             if i + 1 < self.depth:
