@@ -13,6 +13,10 @@ module in channels_last against contiguous (what sets the modules' `fast_channel
     python bench/model_forward.py                                  # the three 512² presets, all paths
     python bench/model_forward.py --presets nafnet_denoise --paths reference fast --batches 1 --runs 3
     python bench/model_forward.py --presets small_denoise --paths reference fast compiled --batches 1 2
+    python bench/model_forward.py --presets nafnet_denoise --compile-option freezing=1 --compile-option cpp_wrapper=1
+
+Every path runs every batch in --batches (default 1 2 4); the compiled path compiles once per batch
+size (static shapes, as the actors do), and its first call at each batch is printed as compile time.
 """
 
 import argparse
@@ -58,13 +62,14 @@ def model_flops(model, lq) -> int:
     return counter.get_total_flops()
 
 
-def build_paths(preset: str, names, cache_dir):
+def build_paths(preset: str, names, cache_dir, options=None):
     reference = ugpnet.set_fast(ugpnet.build(preset, seed=0), False)
     paths = {"reference": reference}
     if "fast" in names:
         paths["fast"] = ugpnet.set_fast(copy.deepcopy(reference), True)
     if "compiled" in names:
-        paths["compiled"] = compile_model(ugpnet.set_fast(copy.deepcopy(reference), True), cache_dir)
+        paths["compiled"] = compile_model(ugpnet.set_fast(copy.deepcopy(reference), True), cache_dir,
+                                          options=options or None)
     return paths
 
 
@@ -138,14 +143,15 @@ def layout_probe(model, lq, runs: int) -> None:
 
 
 def bench_preset(preset: str, args, conv_rate: float) -> None:
-    paths = build_paths(preset, args.paths, args.cache_dir)
+    paths = build_paths(preset, args.paths, args.cache_dir, compile_options(args.compile_option))
     size = paths["reference"].input_size
     lq1 = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     gflop = model_flops(paths["reference"], lq1) / 1e9
     print(f"{preset}: {gflop:.0f} GFLOP/image (reference path, batch 1); {load()}", flush=True)
     for batch in args.batches:
         lq = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
-        active = {n: m for n, m in paths.items() if n != "compiled" or batch in args.compiled_batches}
+        compiled_batches = args.batches if args.compiled_batches is None else args.compiled_batches
+        active = {n: m for n, m in paths.items() if n != "compiled" or batch in compiled_batches}
         times = time_paths(active, lq, args.runs)
         conv_rate = conv_rate_now(args.runs)
         print(f"  channels_last 3x3 conv now: {conv_rate:.0f} GFLOP/s ({load()})", flush=True)
@@ -164,13 +170,24 @@ def bench_preset(preset: str, args, conv_rate: float) -> None:
         layout_probe(paths["fast"], lq1, args.runs)
 
 
+def compile_options(pairs: list[str]) -> dict:
+    """`freezing=1` → {"freezing": True}; other values are kept as ints or strings."""
+    options = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        options[name] = {"1": True, "0": False}.get(value, int(value) if value.isdigit() else value)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=DEFAULT_PRESETS)
     parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=PATHS)
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 2, 4])
-    parser.add_argument("--compiled-batches", nargs="*", type=int, default=[1],
-                        help="batch sizes the compiled path runs (each compiles anew)")
+    parser.add_argument("--compiled-batches", nargs="*", type=int, default=None,
+                        help="batch sizes the compiled path runs (each compiles anew); default: --batches")
+    parser.add_argument("--compile-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="inductor option for the compiled path, e.g. freezing=1, cpp_wrapper=1 (repeatable)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None, help="persistent inductor cache (ugpnet.compiled)")
@@ -179,7 +196,8 @@ def main() -> None:
     parser.add_argument("--layouts", action="store_true", help="time each module channels_last vs contiguous")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU; {load()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU; "
+          f"compile options {compile_options(args.compile_option)}; {load()}")
     conv_rate = conv_gflops(args.runs)
     print(f"channels_last 3x3 conv 64ch 512²: {conv_rate:.0f} GFLOP/s; {load()}", flush=True)
     for preset in args.presets:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ugpnet
-from ugpnet.compiled import compile_model
+from ugpnet.compiled import COMPILED_MODULES, compile_model
 
 TOLERANCE = 1e-4  # relative L2, as the conformance tests
 
@@ -27,3 +27,17 @@ def test_compiled_model_matches_the_reference_and_fills_the_cache(tmp_path, monk
         assert float((a - b).norm() / b.norm()) <= TOLERANCE, name
     assert list(compiled.state_dict()) == list(reference.state_dict())  # official keys, no _orig_mod.
     assert any(p.is_file() for p in (tmp_path / "cache").rglob("*"))  # inductor wrote its cache there
+
+
+def test_one_entry_point_compiles_a_ugpnet_module_by_module_and_any_other_module_whole():
+    # The bench and the model actors (pipelines/model_runtime.py) both call compile_model: a whole
+    # UGPNet compiles its three modules (split mode runs compiled too), an actor's single module
+    # compiles itself. Compilation is lazy, so nothing is compiled here.
+    model = ugpnet.build("tiny_denoise", seed=0)
+    assert compile_model(model) is model
+    assert all(getattr(model, name)._compiled_call_impl is not None for name in COMPILED_MODULES)
+    assert model._compiled_call_impl is None
+    fusion = ugpnet.build("tiny_denoise", seed=0).fusmodule
+    assert compile_model(fusion, options={"freezing": True}) is fusion
+    assert fusion._compiled_call_impl is not None
+    assert list(fusion.state_dict()) == list(ugpnet.build("tiny_denoise", seed=0).fusmodule.state_dict())

@@ -4,8 +4,10 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import ugpnet
+from ugpnet.archs.hinet import HINet
 from ugpnet.archs.stylegan2 import ModulatedConv2d
 from ugpnet.fastpath import runs_fast, set_fast
 from ugpnet.ops import make_resample_kernel, upfirdn2d, upfirdn2d_depthwise
@@ -93,3 +95,25 @@ def test_depthwise_fir_filter_matches_upfirdn2d(down, pad):
         assert ours.shape == ref.shape
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
         assert ours.is_contiguous(memory_format=layout)  # keeps the caller's layout: no copies
+
+
+def test_hinet_fast_path_stays_channels_last_through_the_half_instance_norm():
+    # nn.InstanceNorm2d returns a contiguous tensor; before the in-place half norm that turned every
+    # later block (all of stage 2) contiguous, which kept hinet_deblur's fast path at 1.29x.
+    torch.manual_seed(0)
+    net = HINet(wf=8, depth=3, hin_position_left=1, hin_position_right=2)  # HIN in later blocks, as GoPro
+    for norm in (m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)):
+        norm.weight.data.uniform_(0.5, 1.5)  # non-trivial affine, so the in-place form is checked
+        norm.bias.data.normal_()
+    reference = set_fast(copy.deepcopy(net), False)
+    calls = []  # (conv name, its input was channels_last)
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.register_forward_hook(lambda m, args, out, name=name: calls.append(
+                (name, args[0].is_contiguous(memory_format=torch.channels_last))))
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ours, ref = net(image), reference(image)
+    assert [name for name, channels_last in calls if not channels_last] == []
+    assert [name for name, _ in calls].count("conv_01") == 1  # stage 2 reuses the stem, as it may
+    assert relative_error(ours, ref) <= 1e-5

@@ -276,7 +276,7 @@ def test_auto_leaves_a_small_run_uncompiled(tiny_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_compiling_keeps_the_outputs_and_fills_the_persistent_cache(tmp_path, monkeypatch):
-    from ugpnet.compiled import compile_module, use_cache_dir
+    from ugpnet.compiled import compile_model, use_cache_dir
 
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE"):
         monkeypatch.setenv(name, "")  # restored after the test: the cache dir is this test's own
@@ -286,6 +286,6 @@ def test_compiling_keeps_the_outputs_and_fills_the_persistent_cache(tmp_path, mo
     inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = module(inputs)
-        compiled = compile_module(module)(inputs)
+        compiled = compile_model(module)(inputs)
     torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
     assert any(path.is_file() for path in cache.rglob("*"))  # later processes find the compiled kernels here

@@ -1,7 +1,7 @@
 """torch.compile (inductor) for inference, with a persistent cache and the rule for when it pays.
 
-A minimal stand-in: the model-level compile of the fast inference path may replace `compile_module`;
-the decision (`should_compile`) and the records of measured compile times stay.
+`compile_model` is the one way to compile (bench and actors); `should_compile` decides `auto` from
+the records of measured compile times kept beside the cache (`CompileRecords`).
 
 Measured on this project's CPU machines (2 threads, official 512² preset): the first compiled call
 takes about 80 s, later calls 0.47x the eager time. With a warm cache (same model shapes, same torch)
@@ -36,27 +36,25 @@ def use_cache_dir(cache_dir: str | os.PathLike) -> Path:
 COMPILED_MODULES = ("resmodule", "synmodule", "fusmodule")
 
 
-def compile_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = None, *,
-                  dynamic: bool = False, mode: str | None = None) -> torch.nn.Module:
-    """Compile a UGPNet's three modules in place with inductor and return the model.
+def compile_model(module: torch.nn.Module, cache_dir: str | os.PathLike | None = None, *,
+                  dynamic: bool = False, mode: str | None = None, options: dict | None = None) -> torch.nn.Module:
+    """Compile `module` in place with inductor and return it: the one entry point, used by the bench
+    and by the model actors (pipelines/model_runtime.py). Compilation happens on the first call.
 
-    `nn.Module.compile` keeps the official state-dict keys (no `_orig_mod.`) and the split pipeline
-    mode, which calls the modules one by one, runs compiled too. Tracing follows the active path:
-    under `torch.inference_mode()` the fast path (ugpnet.fastpath). `cache_dir`: persistent compile
-    cache (see use_cache_dir; None keeps inductor's default). `dynamic=False`: one graph per input
-    shape; `mode` goes to torch.compile ("max-autotune" compiles far longer).
+    A whole UGPNet compiles its three modules one by one, so the split pipeline mode (which calls
+    them separately) runs compiled too; any other module (an actor's `resmodule`, ...) compiles as
+    it is. `nn.Module.compile` keeps the official state-dict keys (no `_orig_mod.`). Tracing follows
+    the active path: under `torch.inference_mode()` the fast path (ugpnet.fastpath), channels_last
+    inside. `cache_dir`: persistent compile cache (see use_cache_dir; None keeps the current one).
+    `dynamic=False`: one graph per input shape (an actor runs a few fixed batch shapes). `mode` and
+    `options` (inductor config, e.g. {"freezing": True}) go to torch.compile.
     """
     if cache_dir is not None:
         use_cache_dir(cache_dir)
-    for name in COMPILED_MODULES:
-        getattr(model, name).compile(backend="inductor", dynamic=dynamic, mode=mode)
-    return model
-
-
-def compile_module(module: torch.nn.Module):
-    """The compiled module (compilation itself happens on the first call). Static shapes: a model
-    actor runs a few fixed batch shapes, each compiled once."""
-    return torch.compile(module, dynamic=False)
+    is_ugpnet = all(isinstance(getattr(module, name, None), torch.nn.Module) for name in COMPILED_MODULES)
+    for part in [getattr(module, name) for name in COMPILED_MODULES] if is_ugpnet else [module]:
+        part.compile(backend="inductor", dynamic=dynamic, mode=mode, options=options)
+    return module
 
 
 def should_compile(mode: str, planned_images: int, seconds_per_image: float, compile_seconds: float,

@@ -29,23 +29,45 @@ class UNetConvBlock(nn.Module):
             self.downsample = nn.Conv2d(out_size, out_size, 4, 2, 1, bias=False)
 
     def forward(self, x, enc=None, dec=None):
+        out = self._forward_fast(x, enc, dec) if runs_fast(self) else self._forward_reference(x, enc, dec)
+        if hasattr(self, "downsample"):
+            return self.downsample(out), out
+        return out
+
+    def _forward_reference(self, x, enc, dec):
         out = self.conv_1(x)
         if hasattr(self, "norm"):
             normed_half, kept_half = out.chunk(2, dim=1)
             out = torch.cat([self.norm(normed_half), kept_half], dim=1)
-        if runs_fast(self):
-            out = F.leaky_relu_(self.conv_2(F.leaky_relu_(out, self.relu_slope)), self.relu_slope)
-            out = out.add_(self.identity(x))
-            if enc is not None and dec is not None:
-                out = out.add_(self.csff_enc(enc)).add_(self.csff_dec(dec))
-        else:
-            out = F.leaky_relu(out, self.relu_slope)
-            out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
-            if enc is not None and dec is not None:
-                out = out + self.csff_enc(enc) + self.csff_dec(dec)
-        if hasattr(self, "downsample"):
-            return self.downsample(out), out
+        out = F.leaky_relu(out, self.relu_slope)
+        out = F.leaky_relu(self.conv_2(out), self.relu_slope) + self.identity(x)
+        if enc is not None and dec is not None:
+            out = out + self.csff_enc(enc) + self.csff_dec(dec)
         return out
+
+    def _forward_fast(self, x, enc, dec):
+        out = self.conv_1(x)
+        if hasattr(self, "norm"):
+            # nn.InstanceNorm2d returns a contiguous tensor whatever its input, and the cat with
+            # the kept half then turns every later block (all of stage 2) contiguous: normalise
+            # the first half in place instead, so the block stays channels_last and copies nothing.
+            half_instance_norm_(out, self.norm)
+        out = F.leaky_relu_(self.conv_2(F.leaky_relu_(out, self.relu_slope)), self.relu_slope)
+        out = out.add_(self.identity(x))
+        if enc is not None and dec is not None:
+            out = out.add_(self.csff_enc(enc)).add_(self.csff_dec(dec))
+        return out
+
+
+def half_instance_norm_(out: torch.Tensor, norm: nn.InstanceNorm2d) -> torch.Tensor:
+    """HINet's half-instance norm in place: `norm` applied to the first `norm.num_features`
+    channels of `out` (instance statistics, biased variance, as nn.InstanceNorm2d without
+    running stats); the other half is kept. `out` keeps its memory format."""
+    half = out[:, : norm.num_features]
+    var, mean = torch.var_mean(half, dim=(2, 3), keepdim=True, correction=0)
+    scale = (var + norm.eps).rsqrt_().mul_(norm.weight.view(1, -1, 1, 1))
+    half.sub_(mean).mul_(scale).add_(norm.bias.view(1, -1, 1, 1))
+    return out
 
 
 class UNetUpBlock(nn.Module):
@@ -68,6 +90,9 @@ class SupervisedAttention(nn.Module):
         self.conv3 = nn.Conv2d(3, channels, 3, padding=1)
 
     def forward(self, x, image):
+        if runs_fast(self):  # the same computation with in-place sigmoid, gate and residual
+            predicted = self.conv2(x).add_(image)
+            return self.conv1(x).mul_(torch.sigmoid_(self.conv3(predicted))).add_(x), predicted
         predicted = self.conv2(x) + image
         gated = self.conv1(x) * torch.sigmoid(self.conv3(predicted))
         return gated + x, predicted
@@ -106,9 +131,9 @@ class HINet(nn.Module):
 
     def forward(self, image):
         """Returns the stage-2 decoder feature (B, wf, H, W) for any H×W."""
-        image, (h, w) = pad_to_multiple(in_fast_layout(self, image) if runs_fast(self) else image,
-                                        self.padder_size)
-        x1 = self.conv_01(image)
+        fast = runs_fast(self)
+        image, (h, w) = pad_to_multiple(in_fast_layout(self, image) if fast else image, self.padder_size)
+        stem = x1 = self.conv_01(image)  # the blocks only read their input: stage 2 may reuse it
         encs, decs = [], []
         for i, down in enumerate(self.down_path_1):
             if i + 1 < self.depth:
@@ -120,7 +145,7 @@ class HINet(nn.Module):
             x1 = up(x1, self.skip_conv_1[i](encs[-i - 1]))
             decs.append(x1)
         sam_feature, _ = self.sam12(x1, image)
-        x2 = self.cat12(torch.cat([self.conv_01(image), sam_feature], dim=1))
+        x2 = self.cat12(torch.cat([stem if fast else self.conv_01(image), sam_feature], dim=1))
         blocks = []
         for i, down in enumerate(self.down_path_2):
             if i + 1 < self.depth:
