@@ -3,9 +3,10 @@
 `compile_model` is the one way to compile (bench and actors); `should_compile` decides `auto` from
 the records of measured compile times kept beside the cache (`CompileRecords`).
 
-Measured on this project's CPU machines (2 threads, official 512² preset): the first compiled call
-takes about 80 s, later calls 0.47x the eager time. With a warm cache (same model shapes, same torch)
-a later process compiles in a fraction of that. So compile when the planned work saves more than the
+Measured on this project's CPU machines (2 threads, official 512² presets, docs/execution.md): the
+first compiled call takes 39-121 s; later calls run 0.85x (nafnet_denoise) to 1.21x (hinet_deblur)
+the speed of the fast eager path. With a warm cache (same model shapes, same torch) a later process
+compiles in a fraction of that. So compile when the planned work saves more than the
 compile costs: images x seconds per image x (1 - 1/speedup) > compile seconds.
 """
 
