@@ -225,7 +225,7 @@ def assembled_dtype(transport: str):
     """How fused mode's assembled images travel to the encoder. Under `compact`: as the 8-bit levels
     the encoder writes (ugpnet.images.quantize_to_uint8 of the float32 blend), so nothing is lost at
     the output's 8 bits (float16 moved up to 0.8 % of the samples by one level), at a quarter of the
-    float32 bytes; the write stage widens them back to exactly those levels."""
+    float32 bytes; the encoder writes those levels as they are."""
     return np.uint8 if transport == "compact" else np.float32
 
 
@@ -533,19 +533,20 @@ def _tile_count(plan_json: str) -> int:
     return FitPlan.from_json(plan_json).num_tiles
 
 
-def _output_image(array, plan):
-    """A model output column's value as one float32 (3,H,W) tensor: fused mode ships it assembled
-    (3,H,W), as 8-bit levels under `compact` (widened to the floats that quantise back to exactly
-    those levels); split mode ships the tiles (N,3,S,S), blended here."""
+def _output_rgb(array, plan) -> np.ndarray:
+    """A model output column's value as the (H,W,3) image encode_image takes: fused mode ships it
+    assembled (3,H,W), under `compact` as its 8-bit levels, which go to the encoder as they are (no
+    float round trip); split mode ships the tiles (N,3,S,S), blended here."""
     import torch
 
     from ugpnet.fitting import assemble
 
+    if np.asarray(array).dtype == np.uint8:
+        return np.asarray(array).transpose(1, 2, 0)
     # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
     values = torch.from_numpy(np.array(array, dtype=np.float32))
-    if np.asarray(array).dtype == np.uint8:
-        return values.div_(255.0)
-    return values if values.dim() == 3 else assemble(values, plan)[0]
+    image = values if values.dim() == 3 else assemble(values, plan)[0]
+    return image.permute(1, 2, 0).numpy()
 
 
 def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Location,
@@ -563,7 +564,7 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
         alpha = np.asarray(batch["alpha"][index])
         encoded = {}
         for location, column in files.items():
-            rgb = _output_image(batch[column][index], plan).permute(1, 2, 0).numpy()
+            rgb = _output_rgb(batch[column][index], plan)
             if alpha.size and alpha.shape != rgb.shape[:2]:
                 alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])
             encoded[location] = encode_image(rgb, alpha=alpha if alpha.size else None, fmt=settings.ext,

@@ -122,7 +122,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 def encode_image(rgb: np.ndarray, *, alpha: np.ndarray | None = None, fmt: str = "png",
                  quality: int = 95) -> bytes:
-    """Encode float (H, W, 3) `rgb` (clamped to [0, 1]) as png, jpg/jpeg or webp bytes.
+    """Encode float (H, W, 3) `rgb` (clamped to [0, 1]) as png, jpg/jpeg or webp bytes; uint8 `rgb`
+    is taken as the 8-bit levels themselves (what quantize_to_uint8 of those floats gives).
 
     `alpha` (H, W) in [0, 1] is written as an RGBA image for png and webp and dropped for jpg,
     which has no alpha channel. `quality` (1..100) applies to jpg and webp.
@@ -135,7 +136,7 @@ def encode_image(rgb: np.ndarray, *, alpha: np.ndarray | None = None, fmt: str =
         raise ValueError(f"rgb must be a non-empty (H, W, 3) array, got shape {rgb.shape}")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
-    pixels = quantize_to_uint8(rgb)
+    pixels = rgb if rgb.dtype == np.uint8 else quantize_to_uint8(rgb)
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
