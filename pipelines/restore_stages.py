@@ -386,8 +386,7 @@ class ModelStage:
                         assembler.add(torch.from_numpy(output[offset:offset + count]))
                     offset += count
                     if first + count == plans[i].num_tiles:
-                        finished[i] = [self._finished(assembler, name)
-                                       for assembler, name in zip(assemblers.pop(i), out_names, strict=True)]
+                        finished[i] = [self._finished(assembler) for assembler in assemblers.pop(i)]
                         del canvases[i]
         elapsed_ms = (time.perf_counter() - started) * 1000
         total = max(1, sum(plan.num_tiles for plan in plans.values()))
@@ -396,11 +395,11 @@ class ModelStage:
             for name, image in zip(out_names, finished[i], strict=True):
                 per_row[name][i] = image
 
-    def _finished(self, assembler, column: str) -> np.ndarray:
-        """An image's blended output (3,H*k,W*k) in the dtype its column travels in."""
+    def _finished(self, assembler) -> np.ndarray:
+        """An image's blended output (3,H*k,W*k) in the dtype assembled images travel in (every
+        output column alike: only the encoder reads them)."""
         from ugpnet.images import quantize_to_uint8
 
-        del column  # every column of an assembled image travels alike: only the encoder reads them
         image = assembler.result()[0].numpy()
         if assembled_dtype(self.transport) == np.uint8:
             return quantize_to_uint8(image)  # elementwise: the (3,H,W) layout is kept
