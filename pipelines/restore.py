@@ -482,7 +482,7 @@ def _plan_memory(rows, config: RestoreConfig, model, s3):
 
     geometry = restore_budget.geometry_of(model)
     actors = sum(config.pool_sizes.values())
-    batch = largest_batch(config)
+    batch = largest_batch(config, model.input_size)
     budget, node_memory = restore_budget.cluster_budget(
         actors * restore_memory.actor_memory(geometry, batch, 0))
     if config.max_image_memory:
@@ -490,8 +490,8 @@ def _plan_memory(rows, config: RestoreConfig, model, s3):
     return restore_budget.plan_memory(
         rows, geometry=geometry, fit=config.fit, tile_overlap=config.tile_overlap,
         outputs=3 if config.save_intermediate else 1, batch_size=batch,
-        rows_per_block=config.rows_per_block or 2 * rows_per_model_call(config), actors=actors, budget=budget,
-        node_memory=node_memory, s3=s3, stages=config.stages)
+        rows_per_block=config.rows_per_block or 2 * rows_per_model_call(config, model.input_size),
+        actors=actors, budget=budget, node_memory=node_memory, s3=s3, stages=config.stages)
 
 
 def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory) -> None:
@@ -518,7 +518,7 @@ def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> N
 
     from pipelines.restore_stages import ModelStage, encode_and_write, read_decode_fit
 
-    rows_per_call = rows_per_model_call(config)
+    rows_per_call = rows_per_model_call(config, settings.input_size)
     rows_per_block = config.rows_per_block or 2 * rows_per_call
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     # Every stage reserves the memory its largest block needs (pipelines/restore_budget.py).
@@ -563,24 +563,24 @@ def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> N
         storage.publish_local_folder(target, manifest_dir)
 
 
-def rows_per_model_call(config) -> int:
+def rows_per_model_call(config, input_size: int) -> int:
     """Images per Ray Data batch given to a model actor: the batch size when set, else enough rows for
-    the largest batch the actor's measurement may pick on its device."""
-    from pipelines.model_runtime import AUTO_ROWS_PER_CALL
+    the largest batch the actor's measurement may pick on its device for the model's input size."""
+    from pipelines.model_runtime import auto_rows_per_call
 
     if config.batch_size:
         return config.batch_size
-    return AUTO_ROWS_PER_CALL["gpu" if config.gpus_per_actor > 0 else "cpu"]
+    return auto_rows_per_call("cuda" if config.gpus_per_actor > 0 else "cpu", input_size)
 
 
-def largest_batch(config) -> int:
+def largest_batch(config, input_size: int) -> int:
     """Tiles per forward pass to plan memory for: the batch size when set, else the largest the actor's
-    start-up measurement may pick on its device."""
-    from pipelines.model_runtime import CPU_BATCH_CANDIDATES, GPU_BATCH_CANDIDATES
+    start-up measurement may pick on its device for the model's input size."""
+    from pipelines.model_runtime import batch_candidates
 
     if config.batch_size:
         return config.batch_size
-    return max(GPU_BATCH_CANDIDATES if config.gpus_per_actor > 0 else CPU_BATCH_CANDIDATES)
+    return max(batch_candidates("cuda" if config.gpus_per_actor > 0 else "cpu", input_size))
 
 
 def execution_settings(config, planned_images: int):

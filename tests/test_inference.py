@@ -46,6 +46,15 @@ def test_a_pick_is_never_slower_per_image_than_batch_1():
         assert timings[chosen] == min(timings.values())
 
 
+def test_cpu_candidates_grow_only_for_small_tiles():
+    from pipelines.model_runtime import cpu_batch_candidates
+
+    assert cpu_batch_candidates(512) == (1, 2, 4)  # at 512² batch 4 already loses on CPU (issue 11)
+    assert cpu_batch_candidates(256) == (1, 2, 4, 8, 16)
+    assert cpu_batch_candidates(64) == (1, 2, 4, 8, 16)  # capped at 16
+    assert cpu_batch_candidates(1024) == (1,)
+
+
 def test_the_policy_needs_batch_1_as_its_baseline():
     with pytest.raises(ValueError, match="batch size 1"):
         pick_batch_size({2: 1.0, 4: 0.5})
@@ -189,9 +198,10 @@ def test_the_driver_hands_every_actor_its_execution_settings():
     settings = execution_settings(config, planned_images=250)
     assert (settings.precision, settings.compile, settings.batch_size, settings.planned_images) == (
         "bf16", "auto", None, 250)
-    assert rows_per_model_call(config) == 4  # measured batch on CPU: up to 4 per call
-    assert rows_per_model_call(RestoreConfig(input="in", output="out", gpus_per_actor=0.5).validate()) == 8
-    assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate()) == 3
+    assert rows_per_model_call(config, 512) == 4  # measured batch on CPU at 512²: up to 4 per call
+    assert rows_per_model_call(config, 64) == 16  # small tiles: up to 16
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", gpus_per_actor=0.5).validate(), 512) == 8
+    assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate(), 64) == 3
 
 
 def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys):
