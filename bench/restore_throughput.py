@@ -15,7 +15,7 @@
    fresh cluster. Target: the 2,000-image peak within +10 % of the 200-image peak.
 3. A large photo (--large, 4000x3000 = 12 Mpx by default) in `tile` mode, with the old transport
    (`float32`) and the new (`compact`: uint16 canvas/tiles; fused images as 8-bit levels, split's
-   RGB tiles float16): the peak PSS of the whole cluster during a fused run, and the bytes per
+   output tiles float32): the peak PSS of the whole cluster during a fused run, and the bytes per
    image that cross the stage boundaries (what the object store carries) fused and split, from the
    image's plan (exact: the same formula is held to the real stages' arrays in
    tests/test_restore_memory_units.py). Fused mode streams tiles (the rows carry the canvas and

@@ -35,7 +35,7 @@ def output_settings(*, fit: str, tile_overlap: int | None, ext: str, quality: in
     """Every restore setting that changes the bytes written for an input (the model version aside).
     Batch size, stage layout and actor counts do not (fused and split outputs are equal); quality
     matters only for lossy formats; precision does (bf16 differs from fp32 by a few 8-bit levels), and so
-    may the transport (float16 outputs move an 8-bit level now and then)."""
+    may the transport (uint16 canvases of resampled inputs are within 1/131070 of float32's)."""
     return {"fit": fit, "tile_overlap": tile_overlap, "ext": ext, "save_intermediate": save_intermediate,
             "quality": quality if ext in ("jpg", "webp") else None, "precision": precision,
             "transport": transport}

@@ -93,7 +93,7 @@ class RestoreConfig:
     max_image_memory: int = 0                   # bytes one image may need in a stage; 0: what the largest Ray
                                                 # node can reserve (less the model actors on a one-node cluster)
     rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * images per model call
-    transport: str = "compact"                  # compact: uint16 tiles, float16 outputs; float32: as before
+    transport: str = "compact"                  # compact: uint16 tiles, 8-bit fused images; float32: as before
     run_id: str | None = None                   # default: UTC time + random suffix
     allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
     manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
@@ -646,8 +646,8 @@ def add_parsers(sub) -> None:
     arg("--max-image-memory", type=int, help="bytes one image may need in a stage (default: what the largest "
                                              "Ray node can reserve)")
     arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x images per model call)")
-    arg("--transport", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 tiles, float16 "
-                                                "outputs) or float32 (default: compact)")
+    arg("--transport", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 tiles, 8-bit "
+                                                "fused images) or float32 (default: compact)")
     arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
     arg("--allow-local-manifest-paths", action="store_true", default=None,
         help="let a manifest read from S3 name local files (default: such entries are error rows)")
