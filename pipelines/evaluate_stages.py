@@ -171,7 +171,8 @@ def run_baselines(names: tuple[str, ...], task: str, lq: np.ndarray, record, err
     (zeros where one failed), each one's error ("" when it ran) and milliseconds (nan when it failed)."""
     from ugpnet.baselines import baselines_for, run_baseline
 
-    chosen = [b for b in baselines_for(task) if b.name in names]
+    known = {b.name: b for b in baselines_for(task)}
+    chosen = [known[name] for name in names]  # in the order of `names`: the actor reads them by position
     images = np.zeros((len(chosen), 3, 0, 0), np.uint8)
     errors, times = [error or ""] * len(chosen), [math.nan] * len(chosen)
     if not error:

@@ -95,6 +95,34 @@ def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp
     assert not np.all(wiener_panel == wiener_panel[0, 0])  # a real image, not the grey of a failed one
 
 
+def test_a_baseline_failing_on_a_worker_costs_only_its_own_rows(photos, tmp_path, monkeypatch):
+    """A node where OpenCV does not import (really: `import cv2` fails): the NLM rows are error rows
+    naming the extra, the wavelet and model rows are measured, the grid shows a grey NLM panel."""
+    from pipelines import storage
+    from pipelines.evaluate_stages import EvalSettings, EvaluateModel, read_decode_degrade
+    from pipelines.model_refs import load_payload, resolve_model
+
+    model = resolve_model("preset:tiny_denoise")
+    names = ("opencv nlm", "wavelet BayesShrink")
+    settings = EvalSettings(run_id="t", task="denoise", strengths=(25.0,), seed=7, crop=CROP, scale=1, fit="tile",
+                            batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
+                            grid_crop=32, report_root=storage.resolve(str(tmp_path / "r")),
+                            s3=storage.s3_spec_from_env(), model_ref=model.ref, model_version=model.model_version,
+                            baselines=names)
+    batch = {"image": np.array(["china.png"]), "input_uri": np.array([str(photos / "china.png")]),
+             "status": np.array(["pending"]), "error": np.array([""]), "grid": np.array([True])}
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    rows = EvaluateModel(load_payload(model), settings, use_gpu=False, threads=1)(
+        read_decode_degrade(batch, settings)).to_pylist()
+    status = {r["output"]: (r["status"], r["error"]) for r in rows}
+    assert status["opencv nlm"][0] == "error" and status["opencv nlm"][1].startswith("baseline: ")
+    assert "cv2" in status["opencv nlm"][1] and INSTALL_HINT in status["opencv nlm"][1]
+    assert {o: s for o, (s, _) in status.items() if o != "opencv nlm"} == {
+        o: "ok" for o in output_names(names) if o != "opencv nlm"}
+    strip = np.asarray(Image.open(tmp_path / "r" / "grids" / "china.png@25.png"))
+    assert np.all(strip[:, 4 * 34:4 * 34 + 32] == 128)  # the failed baseline's panel: grey, not a stale image
+
+
 def test_flags_and_config_field():
     common = ["--data", "d", "--report", "r", "--task", "sr"]
     assert parse(common).baselines is True  # default: on, the packages being installed here
