@@ -10,10 +10,17 @@ see the same inputs. Metrics per output (the input itself — bicubic-enlarged f
 synthesized, fused): PSNR, SSIM, the high-frequency energy ratio against GT and its |log2| distance,
 GMSD; LPIPS when the user gives its weights. Bad images become error rows; the run goes on.
 
+Classical baselines (ugpnet.baselines: denoise OpenCV NLM, wavelet BayesShrink, BM3D given the true σ;
+deblur unsharp mask, Wiener given the true kernel; SR PIL bicubic and Lanczos) run in the CPU tasks on
+the very same degraded inputs and are measured like the model's outputs. On by default when their
+packages import (otherwise a warning, and the report without them); `--baselines` makes them required
+(missing packages: exit 2 naming the extra, before any work); `--no-baselines` turns them off.
+
 Exit status: 0 when the report is written, 1 when no image could be evaluated or the run failed,
 2 (the CLI's usual) for a bad configuration, caught before any work and naming the field.
 """
 
+import argparse
 import json
 import math
 import sys
@@ -71,6 +78,7 @@ class EvaluateConfig:
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_pixels: int = 100_000_000               # larger clean images become error rows
     allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
+    baselines: bool | None = None               # classical baselines beside the model; None: when installed
 
     def validate(self) -> "EvaluateConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -112,7 +120,32 @@ class EvaluateConfig:
         for name in ("vgg16", "lpips_heads"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"must be a file path, got {getattr(self, name)!r}")
+        self.baselines = self._baselines()
         return self
+
+    def _baselines(self) -> bool:
+        """Asked for (True) and a package missing: refused. Not asked (None): on when every package
+        imports here, otherwise a warning and off, so a bare install still evaluates the model."""
+        from ugpnet.baselines import INSTALL_HINT, missing_modules
+
+        if self.baselines is not None and not isinstance(self.baselines, bool):
+            raise ConfigError("baselines", f"must be true or false, got {self.baselines!r}")
+        if self.baselines is False:
+            return False
+        missing = missing_modules(self.task)
+        if missing and self.baselines:
+            raise ConfigError("baselines", f"the {self.task} baselines need {', '.join(missing)}, which do not "
+                                           f"import here: {INSTALL_HINT} (or --no-baselines)")
+        if missing:
+            print(f"ugpnet evaluate: warning: no classical baselines in this report: {', '.join(missing)} "
+                  f"missing ({INSTALL_HINT}; --no-baselines silences this)", file=sys.stderr)
+        return not missing
+
+    @property
+    def baseline_names(self) -> tuple[str, ...]:
+        from ugpnet.baselines import baselines_for
+
+        return tuple(b.name for b in baselines_for(self.task)) if self.baselines else ()
 
     def _strengths(self) -> tuple[float, ...]:
         if self.strengths is None:
@@ -304,7 +337,7 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
             scale=model.scale, fit=config.fit, batch_size=config.batch_size, max_pixels=config.max_pixels,
             with_lpips="lpips" in config.metrics, vgg16=config.vgg16, lpips_heads=config.lpips_heads,
             grid_crop=config.grid_crop, report_root=report, s3=s3, model_ref=config.model,
-            model_version=model.model_version, precision=config.precision)
+            model_version=model.model_version, precision=config.precision, baselines=config.baseline_names)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / config.images_per_block)))
         dataset = dataset.map_batches(read_decode_degrade, fn_kwargs={"settings": settings}, batch_size=None,
                                       batch_format="numpy", num_cpus=config.cpus_per_task)
@@ -330,9 +363,11 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
     import pyarrow.parquet as pq
 
     from pipelines import evaluate_report
-    from pipelines.evaluate_stages import OUTPUTS, describe_degradation
+    from pipelines.evaluate_stages import describe_degradation, output_names
+    from ugpnet.baselines import baselines_for
 
-    expected = images * len(config.strengths) * len(OUTPUTS)
+    outputs = output_names(config.baseline_names)
+    expected = images * len(config.strengths) * len(outputs)
     if table.num_rows != expected:
         raise RuntimeError(f"the evaluation returned {table.num_rows} rows for {expected} (images × strengths × "
                            f"outputs)")
@@ -343,8 +378,10 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
 
     rows = table.to_pylist()
     metrics = [*BASE_METRICS, *config.metrics]
-    aggregate = evaluate_report.aggregate(rows, metrics)
-    comparisons = evaluate_report.compare(aggregate)
+    baselines = [{"name": b.name, "blind": b.blind, "how": b.how} for b in baselines_for(config.task)
+                 if b.name in config.baseline_names]
+    aggregate = evaluate_report.aggregate(rows, metrics, outputs)
+    comparisons = evaluate_report.compare(aggregate, tuple(b["name"] for b in baselines if b["blind"]))
     fused_rows = [r for r in rows if r["output"] == "fused"]
     ok = sum(r["status"] == "ok" for r in fused_rows)
     context = {
@@ -352,7 +389,8 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
         "strength_label": STRENGTH_LABELS[config.task], "strengths": list(config.strengths),
         "degradations": {f"{s:g}": json.loads(describe_degradation(config.task, s)) for s in config.strengths},
         "seed": config.seed, "crop": config.crop, "fit": config.fit, "metrics": metrics, "images": images,
-        "ok": ok, "errors": len(fused_rows) - ok, "started_at": started_at.isoformat()}
+        "ok": ok, "errors": len(fused_rows) - ok, "started_at": started_at.isoformat(),
+        "outputs": list(outputs), "baselines": baselines}
     page = evaluate_report.html_page(context, aggregate, comparisons, rows, read=storage.read_bytes, root=report)
     storage.write_bytes(report.child("report.html"), page.encode("utf-8"))
     duration = time.perf_counter() - started
@@ -389,7 +427,8 @@ def add_parsers(sub) -> None:
     arg("--metrics", help="extra metrics: lpips (needs --vgg16 and --lpips-heads); fid is not available")
     arg("--vgg16", help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth), for LPIPS")
     arg("--lpips-heads", help="LPIPS v0.1 VGG linear heads (lpips/weights/v0.1/vgg.pth)")
-    arg("--grid-images", type=int, help="images shown as LQ|restored|synthesized|fused|GT grids (default: 4)")
+    arg("--grid-images", type=int, help="images shown as LQ|restored|synthesized|fused|baselines|GT grids "
+                                        "(default: 4)")
     arg("--grid-crop", type=int, help="ground-truth pixels per grid panel, centre square (default: 192)")
     arg("--actors", type=int, help="model actors (default: 1)")
     arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
@@ -397,6 +436,10 @@ def add_parsers(sub) -> None:
     arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")
+    arg("--baselines", action=argparse.BooleanOptionalAction, default=None,
+        help="classical methods beside the model (denoise: OpenCV NLM, wavelet, BM3D given the true σ; deblur: "
+             "unsharp mask, Wiener given the true kernel; sr: bicubic, Lanczos). Default: on when "
+             "installed (pip install 'ugpnet[baselines]'); --baselines requires them, --no-baselines skips them")
     arg("--allow-local-manifest-paths", action="store_true", default=None,
         help="let a manifest read from S3 name local files (default: such entries are error rows)")
     parser.set_defaults(handler=handle)

@@ -4,9 +4,13 @@ must be able to import them.
 
 A row entering the CPU stage is one clean image; it leaves as one row per degradation strength,
 carrying the ground truth `gt` (3,H,W) and the degraded input `lq` (3,H/s,W/s), float32 in [0,1].
-The actor turns each of those into one metric row per output (input, restored, synthesized, fused),
-so the result always holds images × strengths × outputs rows; a failure in any stage makes that
-image's rows `error` rows with the stage and the reason, and the run goes on.
+When classical baselines are on, the CPU task also runs them on that very `lq` (with the truth the
+degradation drew, for the non-blind ones) and carries their outputs as 8-bit levels: they run where
+the degraded input is, on any node, and only the actor measures them.
+The actor turns each of those into one metric row per output (input, restored, synthesized, fused,
+then each baseline), so the result always holds images × strengths × outputs rows; a failure in any
+stage makes that image's rows `error` rows with the stage and the reason (a failed baseline only its
+own rows), and the run goes on.
 """
 
 import hashlib
@@ -39,7 +43,7 @@ METRIC_SCHEMA = pa.schema([
     ("task", pa.string()),
     ("strength", pa.float64()),        # denoise: noise σ (0–255); deblur: blur σ (px); sr: scale factor
     ("seed_index", pa.int64()),        # degrade(gt, ..., sample_seed(seed, seed_index)) reproduces the input
-    ("output", pa.string()),           # input | restored | synthesized | fused
+    ("output", pa.string()),           # input | restored | synthesized | fused | a baseline's name
     ("status", pa.string()),           # ok | error
     ("error", pa.string()),            # "<stage>: <reason>" for errors, else null
     ("width", pa.int32()),             # ground truth as evaluated (after cropping)
@@ -52,8 +56,9 @@ METRIC_SCHEMA = pa.schema([
     ("lpips", pa.float64()),           # null unless LPIPS weights were given
     ("model_ref", pa.string()),
     ("model_version", pa.string()),
-    ("model_ms", pa.float64()),        # model time of this image at this strength (same on its 4 rows)
-    ("grid_uri", pa.string()),         # LQ | restored | synthesized | fused | GT strip, for a few images
+    ("model_ms", pa.float64()),        # model time of this image at this strength (same on the model's rows);
+                                       # a baseline's row: that baseline's time
+    ("grid_uri", pa.string()),         # LQ | restored | synthesized | fused | baselines | GT strip, for a few images
 ])
 
 
@@ -101,6 +106,16 @@ class EvalSettings:
     model_ref: str
     model_version: str
     precision: str = "fp32"   # the forward pass's autocast (ugpnet.inference); outputs stay float32
+    baselines: tuple[str, ...] = ()  # names of the classical baselines to run (ugpnet.baselines); () = none
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return output_names(self.baselines)
+
+
+def output_names(baselines: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every output measured, in report order: the input, the model's three, then the baselines."""
+    return OUTPUTS + tuple(baselines)
 
 
 # ---------------------------------------------------------------- read, decode, degrade (CPU task)
@@ -109,10 +124,11 @@ def read_decode_degrade(batch: dict, settings: EvalSettings) -> dict:
     """One row per clean image in → one row per (image, strength) out."""
     import torch
 
-    from ugpnet.degradations import degrade, sample_seed
+    from ugpnet.degradations import degrade_recorded, sample_seed
     from ugpnet.images import decode_image
 
-    out = {key: [] for key in ("image", "input_uri", "strength", "seed_index", "status", "error", "grid", "gt", "lq")}
+    columns = ("image", "input_uri", "strength", "seed_index", "status", "error", "grid", "gt", "lq")
+    out = {key: [] for key in columns + (BASELINE_COLUMNS if settings.baselines else ())}
     empty = np.zeros((3, 0, 0), np.float32)  # same ndim as real images: Ray needs one tensor rank per column
     for i in range(len(batch["image"])):
         key, uri, index = str(batch["image"][i]), str(batch["input_uri"][i]), seed_index(str(batch["image"][i]))
@@ -128,19 +144,53 @@ def read_decode_degrade(batch: dict, settings: EvalSettings) -> dict:
             except Exception as err:
                 error = f"{getattr(err, 'stage', 'decode')}: {_reason(err)}"
         for strength in settings.strengths:
-            lq, row_error = empty, error
+            lq, record, row_error = empty, None, error
             if not row_error:
                 try:
-                    lq = degrade(torch.from_numpy(gt), task_degradation(settings.task, strength),
-                                 sample_seed(settings.seed, index)).numpy()
+                    lq, record = degrade_recorded(torch.from_numpy(gt), task_degradation(settings.task, strength),
+                                                  sample_seed(settings.seed, index))
+                    lq = lq.numpy()
                 except Exception as err:
                     row_error = f"degrade: {_reason(err)}"
+            if settings.baselines:
+                for name, value in run_baselines(settings.baselines, settings.task, lq, record, row_error).items():
+                    out[name].append(value)
             for name, value in (("image", key), ("input_uri", uri), ("strength", float(strength)),
                                 ("seed_index", index), ("status", ERROR if row_error else PENDING),
                                 ("error", row_error), ("grid", bool(batch["grid"][i])),
                                 ("gt", gt if gt is not None and not row_error else empty), ("lq", lq)):
                 out[name].append(value)
     return out
+
+
+BASELINE_COLUMNS = ("baseline_images", "baseline_errors", "baseline_ms")
+
+
+def run_baselines(names: tuple[str, ...], task: str, lq: np.ndarray, record, error: str) -> dict:
+    """The named baselines on one degraded input lq (3,h,w): their outputs (n,3,H,W) as uint8 levels
+    (zeros where one failed), each one's error ("" when it ran) and milliseconds (nan when it failed)."""
+    from ugpnet.baselines import baselines_for, run_baseline
+
+    known = {b.name: b for b in baselines_for(task)}
+    chosen = [known[name] for name in names]  # in the order of `names`: the actor reads them by position
+    images = np.zeros((len(chosen), 3, 0, 0), np.uint8)
+    errors, times = [error or ""] * len(chosen), [math.nan] * len(chosen)
+    if not error:
+        outputs = []
+        for i, baseline in enumerate(chosen):
+            started = time.perf_counter()
+            try:
+                outputs.append(run_baseline(baseline, lq.transpose(1, 2, 0), record))
+                times[i] = (time.perf_counter() - started) * 1000
+            except Exception as err:  # one baseline failing costs only its own rows
+                errors[i], outputs = f"baseline: {_reason(err)}", outputs + [None]
+        shape = next((o.shape for o in outputs if o is not None), None)
+        if shape is not None:
+            # Rounded as ugpnet.metrics.to_uint8_levels rounds the model's outputs: all measured alike.
+            images = np.stack([np.round(o * 255).astype(np.uint8).transpose(2, 0, 1) if o is not None
+                               else np.zeros((3, *shape[:2]), np.uint8) for o in outputs])
+    return {"baseline_images": images, "baseline_errors": json.dumps(errors),
+            "baseline_ms": np.asarray(times, np.float64)}
 
 
 class _CropError(ValueError):
@@ -191,10 +241,12 @@ class EvaluateModel:
                                                      "error", "grid")}
             gt, lq = np.asarray(batch["gt"][i]), np.asarray(batch["lq"][i])
             metrics, model_ms, grid_uri, error = {}, None, None, str(row["error"] or "")
+            baseline_errors, baseline_ms = self._baseline_results(batch, i)
             if row["status"] == PENDING:
                 stage = "model"
                 try:
                     images, model_ms = self._restore(gt, lq)
+                    images.update(self._baseline_images(batch, i, baseline_errors))
                     stage = "metrics"
                     metrics = self._measure(images)
                     stage = "grid"
@@ -202,15 +254,16 @@ class EvaluateModel:
                 except Exception as err:  # one image the model or a metric cannot handle: its rows fail
                     metrics, error = {}, f"{stage}: {_reason(err)}"
             height, width = gt.shape[-2:]
-            for output in OUTPUTS:
+            for output in self.settings.outputs:
                 values = metrics.get(output, {})
+                failure = (error or baseline_errors.get(output)) or "no result"
                 record = {"run_id": self.settings.run_id, "image": str(row["image"]),
                           "input_uri": str(row["input_uri"]), "task": self.settings.task,
                           "strength": float(row["strength"]), "seed_index": int(row["seed_index"]), "output": output,
-                          "status": OK if values else ERROR, "error": None if values else error or "no result",
+                          "status": OK if values else ERROR, "error": None if values else failure,
                           "width": int(width) or None, "height": int(height) or None,
                           "model_ref": self.settings.model_ref, "model_version": self.settings.model_version,
-                          "model_ms": model_ms, "grid_uri": grid_uri, **values}
+                          "model_ms": baseline_ms.get(output, model_ms), "grid_uri": grid_uri, **values}
                 for name in columns:
                     columns[name].append(record.get(name))
         return pa.Table.from_pydict(columns, schema=METRIC_SCHEMA)
@@ -239,15 +292,38 @@ class EvaluateModel:
                   "synthesized": result.synthesized[None], "fused": result.fused[None]}
         return {name: to_uint8_levels(image.float()) / 255 for name, image in images.items()}, model_ms
 
+    def _baseline_results(self, batch: dict, i: int) -> tuple[dict[str, str], dict[str, float]]:
+        """Each baseline's error (only those that failed) and milliseconds (only those that ran)."""
+        if not self.settings.baselines:
+            return {}, {}
+        errors = json.loads(str(batch["baseline_errors"][i]))
+        times = np.asarray(batch["baseline_ms"][i], np.float64)
+        names = self.settings.baselines
+        return ({n: e for n, e in zip(names, errors, strict=True) if e},
+                {n: float(t) for n, t in zip(names, times, strict=True) if math.isfinite(t)})
+
+    def _baseline_images(self, batch: dict, i: int, errors: dict[str, str]) -> dict:
+        """The baselines' outputs that ran, (1,3,H,W) levels in [0,1] like the model's outputs."""
+        import torch
+
+        if not self.settings.baselines:
+            return {}
+        stack = np.asarray(batch["baseline_images"][i])
+        return {name: torch.tensor(stack[j], device=self.device)[None].float() / 255
+                for j, name in enumerate(self.settings.baselines) if name not in errors}
+
     def _measure(self, images: dict) -> dict[str, dict[str, float]]:
         import torch
 
         with torch.inference_mode():
-            return {output: image_metrics(images[output], images["gt"], self.lpips) for output in OUTPUTS}
+            return {output: image_metrics(images[output], images["gt"], self.lpips)
+                    for output in self.settings.outputs if output in images}
 
     def _write_grid(self, images: dict, row: dict) -> str:
         """A centre square of `grid_crop` GT pixels: LQ (enlarged, nearest) | restored | synthesized |
-        fused | GT, at 1:1 so that texture stays visible."""
+        fused | each baseline (grey where one failed) | GT, at 1:1 so that texture stays visible."""
+        import torch
+
         from pipelines.sample_grid import sample_grid
 
         gt, scale = images["gt"], self.settings.scale
@@ -259,7 +335,9 @@ class EvaluateModel:
         def crop(image, factor=1):
             return image[..., top // factor:(top + side) // factor, left // factor:(left + side) // factor].cpu()
 
-        strip = sample_grid(crop(images["lq"], scale), [crop(images[name]) for name in OUTPUTS[1:]], crop(gt))
+        panels = [crop(images[name]) if name in images else torch.full_like(crop(gt), 0.5)
+                  for name in self.settings.outputs[1:]]
+        strip = sample_grid(crop(images["lq"], scale), panels, crop(gt))
         buffer = io.BytesIO()
         strip.save(buffer, format="PNG")
         location = self.settings.report_root.child(grid_key(str(row["image"]), float(row["strength"])))

@@ -1,4 +1,5 @@
-"""Image grids for reports and MLflow: one row per sample, LQ | restored | synthesized | fused | GT."""
+"""Image grids for reports and MLflow: one row per sample, LQ | restored | synthesized | fused
+[| baselines] | GT."""
 
 import numpy as np
 import torch
@@ -8,8 +9,8 @@ from ugpnet.images import quantize_to_uint8
 
 
 def sample_grid(lq: torch.Tensor, outputs, gt: torch.Tensor | None = None, gap: int = 2) -> Image.Image:
-    """lq (B,3,s,s); outputs: (restored, synthesized, fused), each (B,3,S,S); gt (B,3,S,S) or None.
-    Values in [0,1] (clamped when quantised). LQ is enlarged (nearest) so the columns line up."""
+    """lq (B,3,s,s); outputs: (restored, synthesized, fused, then any baselines), each (B,3,S,S);
+    gt (B,3,S,S) or None. Values in [0,1] (clamped when quantised). LQ is enlarged (nearest) so the columns line up."""
     size = outputs[0].shape[-1]
     lq_big = torch.nn.functional.interpolate(lq.float(), size=(size, size), mode="nearest")
     columns = [lq_big, *outputs] + ([gt] if gt is not None else [])

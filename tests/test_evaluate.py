@@ -2,10 +2,12 @@
 
 What is checked against independent computations: the degraded input's PSNR (numpy on the 8-bit
 arrays), the restored image's PSNR (the model run in this process), the strength-0 identity case
-(PSNR inf, SSIM 1, HF ratio 1, GMSD 0) and the SR input (bicubic enlargement of the ×8-smaller LQ).
+(PSNR inf, SSIM 1, HF ratio 1, GMSD 0), the SR input (bicubic enlargement of the ×8-smaller LQ) and
+the classical baselines (each recomputed here on the degraded input: they saw exactly the model's).
 """
 
 import base64
+import html
 import io
 import json
 import math
@@ -19,9 +21,10 @@ from PIL import Image
 import ugpnet
 from pipelines import cli
 from pipelines.evaluate import EvaluateConfig, run
-from pipelines.evaluate_stages import OUTPUTS, task_degradation
+from pipelines.evaluate_stages import OUTPUTS, output_names, task_degradation
 from pipelines.model_refs import resolve_model
-from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, degrade, sample_seed
+from ugpnet.baselines import baselines_for, run_baseline
+from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, DegradationRecord, degrade, sample_seed
 
 pytest_plugins = ["services"]
 CROP = 64  # the tiny presets' native size: one tile per image keeps the model stage quick
@@ -172,7 +175,10 @@ def test_denoise_report_metrics_grids_and_error_rows(photos, tmp_path, capsys):
 
     rows = pq.read_table(report / "per_image.parquet").to_pylist()
     keys = [(r["image"], r["strength"], r["output"]) for r in rows]
-    assert sorted(keys) == sorted((i, s, o) for i in images for s in (0.0, 25.0) for o in OUTPUTS)
+    baselines = [b.name for b in baselines_for("denoise")]  # on by default: the extra is installed here
+    assert baselines == ["opencv nlm", "wavelet BayesShrink", "bm3d (true σ)"]
+    outputs = output_names(tuple(baselines))
+    assert sorted(keys) == sorted((i, s, o) for i in images for s in (0.0, 25.0) for o in outputs)
     by_key = dict(zip(keys, rows, strict=True))
 
     # The corrupt file: one error row per strength and output, with the stage and the reason; the run went on.
@@ -201,24 +207,53 @@ def test_denoise_report_metrics_grids_and_error_rows(photos, tmp_path, capsys):
                                      return_all=True).restored
         restored_u8 = np.round(restored.clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
         assert by_key[(image, 25.0, "restored")]["psnr"] == pytest.approx(numpy_psnr(restored_u8, gt), abs=0.05)
+        # The baselines ran on exactly this degraded input: one recomputed here gives the same PSNR.
+        wavelet = next(b for b in baselines_for("denoise") if b.name == "wavelet BayesShrink")
+        # float32 levels as the stage has them: BayesShrink's thresholds move with float64's last bits.
+        denoised = run_baseline(wavelet, lq.astype(np.float32) / np.float32(255), DegradationRecord(noise_sigma=25.0))
+        assert by_key[(image, 25.0, wavelet.name)]["psnr"] == pytest.approx(
+            numpy_psnr(np.round(denoised * 255).astype(np.uint8), gt), abs=1e-3)
+        assert all(by_key[(image, 25.0, name)]["model_ms"] > 0 for name in baselines)  # each one's own time
+        assert by_key[(image, 0.0, "bm3d (true σ)")]["psnr"] == math.inf  # true σ 0: nothing to remove
 
     # Report: summary.json, the terminal table, the HTML page with plots, grids and the error list.
     summary = json.loads((report / "summary.json").read_text())
-    assert (summary["images"], summary["ok"], summary["errors"], summary["rows"]) == (4, 6, 2, 32)
-    assert len(summary["table"]) == 8 and len(summary["comparisons"]) == 2
+    assert (summary["images"], summary["ok"], summary["errors"], summary["rows"]) == (4, 6, 2, 4 * 2 * 7)
+    assert len(summary["table"]) == 2 * 7 and len(summary["comparisons"]) == 2
+    assert [b["name"] for b in summary["baselines"] if not b["blind"]] == ["bm3d (true σ)"]
+    means_25 = {e["output"]: e["psnr"] for e in summary["table"] if e["strength"] == 25}
+    for name in baselines:  # each really denoised (on average: NLM gains nothing on one busy 64² crop)
+        assert means_25[name] > means_25["input"] + 1, (name, means_25)
+    comparison_25 = next(c for c in summary["comparisons"] if c["strength"] == 25)
+    best = max((e for e in summary["table"] if e["strength"] == 25 and e["output"] in baselines[:2]),
+               key=lambda e: e["psnr"])  # the blind ones: BM3D was given the truth
+    assert comparison_25["best_blind_baseline"] == best["output"]
+    assert comparison_25["fused_minus_best_blind_baseline_psnr_db"] == pytest.approx(fused_25_psnr(summary) -
+                                                                                     best["psnr"])
     fused_25 = next(e for e in summary["table"] if e["strength"] == 25 and e["output"] == "fused")
     assert fused_25["n"] == 3 and fused_25["psnr"] == pytest.approx(
         np.mean([by_key[(i, 25.0, "fused")]["psnr"] for i in images[:3]]))
     assert "synthesized" in out and "hf_distance" in out and "report" in out
     page = (report / "report.html").read_text()
     assert page.count("<svg") == 1 and "noise σ (0–255)" in page
+    table_html = page.split("<table class='metrics'>")[1].split("</table>")[0]
+    plot_html = page.split("<svg")[1].split("</svg>")[0]
+    for name in baselines:  # a row per strength in the table, a line in the plots' legend, a grid panel
+        assert table_html.count(f"<td class='l'>{html.escape(name)}</td>") == 2, name
+        assert html.escape(name) in plot_html, name
+        assert page.count(f"{html.escape(name)} ") >= 4 + 1, name  # 4 grid captions + the grid legend
+    assert "Classical baselines" in page and "non-blind (given the true degradation)" in page
     assert page.count("data:image/png;base64,") == 4  # 2 grid images × 2 strengths
     assert "Errors (2)" in page and "zz_corrupt.jpg" in page
     assert " src='http" not in page and 'src="http' not in page  # self-contained
     strip = Image.open(report / "grids" / "china.png@25.png")
-    assert strip.size == (5 * CROP + 4 * 2, CROP)  # LQ | restored | synthesized | fused | GT, 2-px gaps
+    assert strip.size == (8 * CROP + 7 * 2, CROP)  # LQ | restored | synthesized | fused | 3 baselines | GT
     embedded = page.split("data:image/png;base64,")[1].split("'")[0]
     assert Image.open(io.BytesIO(base64.b64decode(embedded))).size == strip.size
+
+
+def fused_25_psnr(summary) -> float:
+    return next(e["psnr"] for e in summary["table"] if e["strength"] == 25 and e["output"] == "fused")
 
 
 @pytest.mark.integration
@@ -237,7 +272,7 @@ def test_sr_on_s3_from_a_manifest_with_lpips(s3_buckets, photos, tmp_path):
     summary = run(EvaluateConfig(data="s3://inputs/clean/test_split.txt", task="sr", report="s3://outputs/eval/",
                                  model="preset:tiny_sr_x8", crop=CROP, grid_images=1, vgg16=weights.vgg16,
                                  lpips_heads=weights.lpips_heads))
-    assert (summary.ok, summary.errors, summary.rows) == (2, 0, 2 * 1 * 4)
+    assert (summary.ok, summary.errors, summary.rows) == (2, 0, 2 * 1 * 6)  # 4 outputs + bicubic, Lanczos
     assert summary.report == "s3://outputs/eval/report.html"
 
     def fetch(key: str) -> bytes:
@@ -255,7 +290,10 @@ def test_sr_on_s3_from_a_manifest_with_lpips(s3_buckets, photos, tmp_path):
                                                    size=(CROP, CROP), mode="bicubic", align_corners=False)
         enlarged_u8 = np.round(enlarged[0].clamp(0, 1).numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
         assert row["psnr"] == pytest.approx(numpy_psnr(enlarged_u8, gt), abs=1e-4)
+        lanczos = np.asarray(Image.fromarray(lq).resize((CROP, CROP), Image.Resampling.LANCZOS))
+        assert next(r for r in rows if r["image"] == image and r["output"] == "lanczos (PIL)")["psnr"] == (
+            pytest.approx(numpy_psnr(lanczos, gt), abs=1e-4))
     page = fetch("report.html").decode()
     assert "LPIPS" in page and page.count("data:image/png;base64,") == 1
     assert json.loads(fetch("summary.json"))["model"]["preset"] == "tiny_sr_x8"
-    assert Image.open(io.BytesIO(fetch("grids/china.png@8.png"))).size == (5 * CROP + 8, CROP)
+    assert Image.open(io.BytesIO(fetch("grids/china.png@8.png"))).size == (7 * CROP + 12, CROP)

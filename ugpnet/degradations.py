@@ -184,22 +184,43 @@ def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.as_tensor(decoded.copy(), device=image.device).permute(2, 0, 1).to(image.dtype) / 255
 
 
+@dataclass(frozen=True)
+class DegradationRecord:
+    """What one `degrade` call drew: the truth a non-blind method is given (ugpnet.baselines)."""
+
+    kernel: np.ndarray | None = None          # the blur kernel (k,k), sums to 1; None: no blur
+    downscale: int = 1
+    noise_sigma: float = 0.0                  # Gaussian noise std in 0–255 units; 0: no Gaussian noise
+    poisson_peak: float | None = None         # photons at white, when shot noise was added
+    jpeg_quality: int | None = None           # when the sample was JPEG-compressed
+
+
 def degrade(gt: torch.Tensor, config: Degradation, rng: np.random.Generator | int) -> torch.Tensor:
     """gt (3,H,W) in [0,1] → lq (3,H/s,W/s) in [0,1]. `rng`: a numpy Generator or an integer seed."""
+    return degrade_recorded(gt, config, rng)[0]
+
+
+def degrade_recorded(gt: torch.Tensor, config: Degradation,
+                     rng: np.random.Generator | int) -> tuple[torch.Tensor, DegradationRecord]:
+    """`degrade`, also returning what was drawn (same draws, same order: the same lq as `degrade`)."""
     if gt.dim() != 3 or gt.shape[0] != 3:
         raise ValueError(f"degrade takes one RGB image (3,H,W) in [0,1], got {tuple(gt.shape)}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    drawn = {"downscale": config.downscale}
     lq = gt.float()
     if config.blur is not None:
-        lq = blur(lq, random_blur_kernel(config.blur, rng))
+        drawn["kernel"] = random_blur_kernel(config.blur, rng)
+        lq = blur(lq, drawn["kernel"])
     if config.downscale > 1:
         lq = bicubic_downscale(lq, config.downscale)
     if config.noise is not None:
-        lq = add_gaussian_noise(lq, rng.uniform(*config.noise.sigma), rng)
+        drawn["noise_sigma"] = float(rng.uniform(*config.noise.sigma))
+        lq = add_gaussian_noise(lq, drawn["noise_sigma"], rng)
         if rng.random() < config.noise.poisson_probability:
-            lq = add_poisson_noise(lq, math.exp(rng.uniform(*np.log(config.noise.poisson_peak))), rng)
+            drawn["poisson_peak"] = math.exp(rng.uniform(*np.log(config.noise.poisson_peak)))
+            lq = add_poisson_noise(lq, drawn["poisson_peak"], rng)
     if config.jpeg is not None and rng.random() < config.jpeg.probability:
-        lq = jpeg_round_trip(lq, int(rng.integers(config.jpeg.quality[0], config.jpeg.quality[1] + 1)))
+        drawn["jpeg_quality"] = int(rng.integers(config.jpeg.quality[0], config.jpeg.quality[1] + 1))
+        lq = jpeg_round_trip(lq, drawn["jpeg_quality"])
     lq = lq.clamp(0, 1)
-    return (lq * 255).round() / 255 if config.quantize else lq
-
+    return ((lq * 255).round() / 255 if config.quantize else lq), DegradationRecord(**drawn)
