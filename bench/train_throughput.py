@@ -112,6 +112,10 @@ def alternated_pairs(args, stages, uris, photos, work) -> dict[str, list[tuple[d
                                                   work / f"r1-{repeat}-{stage}", (stage,))
                     sides[side] = metrics[stage]
             pairs[stage].append((sides["plain"], sides["ray"]))
+            plain, ray = sides["plain"], sides["ray"]
+            print(f"  {stage} pair {repeat + 1}: overhead {plain['samples_per_s'] / ray['samples_per_s'] - 1:.1%}, "
+                  f"cpu s/sample {cpu_seconds_per_sample(plain):.3f} / {cpu_seconds_per_sample(ray):.3f} ({load()})",
+                  flush=True)
     return pairs
 
 
