@@ -3,6 +3,7 @@ checkpoint. Metrics go to the stage's MLflow run from rank 0 only."""
 
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,15 +64,32 @@ class RankZeroLogger:
             self.client.log_image(self.run_id, sample_grid(lq, outputs, gt), key="samples", step=step)
 
 
+def thread_schedstat() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of the calling thread so far, from
+    Linux's /proc/self/task/<tid>/schedstat; None where that file does not exist."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stats:
+            on_cpu, waiting, _ = stats.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 class ThroughputClock:
     """Samples/s over this session's steps, timed from the end of its first step (so start-up,
     resumption and the first data batch are not counted). `waiting` is the time between asking the
-    iterator for a batch (`asking`) and having it (`fetched`): fetch, collate, a starved pipeline."""
+    iterator for a batch (`asking`) and having it (`fetched`): fetch, collate, a starved pipeline.
+
+    It also splits the timed wall time of the thread that ticks it (the training thread) into time on
+    a CPU and time runnable but waiting for one (another process or thread held both cores), so a
+    slower step can be told apart as more work done or as less CPU given. The rest is time asleep
+    (blocked on the batch iterator, the GIL, I/O)."""
 
     def __init__(self, samples_per_step: int):
         self.samples_per_step, self.start, self.steps = samples_per_step, None, 0
         self.asked_at = None
         self.waiting = 0.0
+        self.sched_start = None
 
     def asking(self) -> None:
         self.asked_at = time.perf_counter()
@@ -83,19 +101,32 @@ class ThroughputClock:
     def tick(self) -> None:
         if self.start is None:
             self.start = time.perf_counter()
+            self.sched_start = thread_schedstat()
         else:
             self.steps += 1
 
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.start if self.start is not None else 0.0
+
     @property
     def samples_per_s(self) -> float:
-        elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
+        elapsed = self._elapsed()
         return self.steps * self.samples_per_step / elapsed if elapsed > 0 else 0.0
 
     @property
     def data_wait_fraction(self) -> float:
         """Share of the timed wall time spent waiting for the next batch (fetch, collate, a starved pipeline)."""
-        elapsed = time.perf_counter() - self.start if self.start is not None else 0.0
+        elapsed = self._elapsed()
         return self.waiting / elapsed if elapsed > 0 else 0.0
+
+    def cpu_fractions(self) -> dict[str, float]:
+        """`on_cpu_fraction` and `runnable_fraction` of the timed wall time, for the thread that
+        ticked; empty where the scheduler's counters are not readable. Read from the ticking thread."""
+        now, elapsed = thread_schedstat(), self._elapsed()
+        if now is None or self.sched_start is None or elapsed <= 0:
+            return {}
+        return {"on_cpu_fraction": (now[0] - self.sched_start[0]) / elapsed,
+                "runnable_fraction": (now[1] - self.sched_start[1]) / elapsed}
 
 
 def ddp_wrapper(world_size: int):
@@ -158,7 +189,7 @@ def train_stage_loop(config: dict) -> None:
             if step % config["log_interval"] == 0 or step == hp.steps:
                 logger.metrics(terms, step, prefix="train/")
             metrics = {"step": step, "samples_per_s": clock.samples_per_s,
-                       "data_wait_fraction": clock.data_wait_fraction}
+                       "data_wait_fraction": clock.data_wait_fraction} | clock.cpu_fractions()
             if step % hp.validation_interval == 0 or step == hp.steps:
                 metrics |= validate(trainer, val_lq, val_gt, logger, step) if rank == 0 else {}
             if step % hp.checkpoint_interval == 0 or step == hp.steps:
