@@ -58,21 +58,28 @@ def parse(argv: list[str]) -> EvaluateConfig:
     return config_from_args(parser.parse_args(["evaluate", *argv]))
 
 
+def _stage_settings(model, task: str, strength: float, baselines: tuple[str, ...], tmp_path):
+    """What the driver hands the evaluate stages, for one strength on CROP-sized tiles, no LPIPS."""
+    from pipelines import storage
+    from pipelines.evaluate_stages import EvalSettings
+
+    return EvalSettings(run_id="t", task=task, strengths=(strength,), seed=7, crop=CROP, scale=1, fit="tile",
+                        batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
+                        grid_crop=32, report_root=storage.resolve(str(tmp_path / "r")),
+                        s3=storage.s3_spec_from_env(), model_ref=model.ref, model_version=model.model_version,
+                        baselines=baselines)
+
+
 def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp_path):
     """The two stages called directly (no Ray): deblur σ 2 with unsharp masking and Wiener. Each
     baseline row's PSNR equals the baseline recomputed here on the degraded input built here."""
-    from pipelines import storage
-    from pipelines.evaluate_stages import EvalSettings, EvaluateModel, read_decode_degrade, seed_index
+    from pipelines.evaluate_stages import EvaluateModel, read_decode_degrade, seed_index
     from pipelines.model_refs import load_payload, resolve_model
 
     model = resolve_model("preset:tiny_deblur")
     names = tuple(b.name for b in baselines_for("deblur"))
     assert names == ("unsharp mask", "wiener (true kernel)")
-    settings = EvalSettings(run_id="t", task="deblur", strengths=(2.0,), seed=7, crop=CROP, scale=1, fit="tile",
-                            batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
-                            grid_crop=32, report_root=storage.resolve(str(tmp_path / "r")),
-                            s3=storage.s3_spec_from_env(), model_ref=model.ref, model_version=model.model_version,
-                            baselines=names)
+    settings = _stage_settings(model, "deblur", 2.0, names, tmp_path)
     batch = {"image": np.array(["flower.png"]), "input_uri": np.array([str(photos / "flower.png")]),
              "status": np.array(["pending"]), "error": np.array([""]), "grid": np.array([True])}
     rows = EvaluateModel(load_payload(model), settings, use_gpu=False, threads=1)(
@@ -98,17 +105,12 @@ def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp
 def test_a_baseline_failing_on_a_worker_costs_only_its_own_rows(photos, tmp_path, monkeypatch):
     """A node where OpenCV does not import (really: `import cv2` fails): the NLM rows are error rows
     naming the extra, the wavelet and model rows are measured, the grid shows a grey NLM panel."""
-    from pipelines import storage
-    from pipelines.evaluate_stages import EvalSettings, EvaluateModel, read_decode_degrade
+    from pipelines.evaluate_stages import EvaluateModel, read_decode_degrade
     from pipelines.model_refs import load_payload, resolve_model
 
     model = resolve_model("preset:tiny_denoise")
     names = ("opencv nlm", "wavelet BayesShrink")
-    settings = EvalSettings(run_id="t", task="denoise", strengths=(25.0,), seed=7, crop=CROP, scale=1, fit="tile",
-                            batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
-                            grid_crop=32, report_root=storage.resolve(str(tmp_path / "r")),
-                            s3=storage.s3_spec_from_env(), model_ref=model.ref, model_version=model.model_version,
-                            baselines=names)
+    settings = _stage_settings(model, "denoise", 25.0, names, tmp_path)
     batch = {"image": np.array(["china.png"]), "input_uri": np.array([str(photos / "china.png")]),
              "status": np.array(["pending"]), "error": np.array([""]), "grid": np.array([True])}
     monkeypatch.setitem(sys.modules, "cv2", None)
