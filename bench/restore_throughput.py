@@ -294,14 +294,20 @@ def large_photo(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+# What fused mode's output tiles travelled as before it streamed tiles (commit a5e8d7f): a record of
+# the old layout, not today's rule, which no longer ships output tiles in fused mode at all.
+BEFORE_STREAMING_OUTPUT_DTYPE = {"compact": np.float16, "float32": np.float32}
+
+
 def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str, stages: str) -> tuple[int, int]:
     """(bytes one image's row carries across the stage boundaries now, the same for the per-tile
     layout fused mode had before it streamed tiles: N input tiles in the transport's tile dtype and N
-    output tiles in the fused column's tile dtype). From the image's plan: the shapes are fixed by it
+    output tiles in the dtype the fused column's tiles had then, BEFORE_STREAMING_OUTPUT_DTYPE).
+    From the image's plan: the shapes are fixed by it
     (restore_memory.shipped_bytes, held to the real stages' arrays by tests/test_restore_memory_units.py);
     running split mode in one process on 12 Mpx would hold several GiB of features at once."""
     from pipelines import restore_memory
-    from pipelines.restore_stages import output_dtype, tile_dtype
+    from pipelines.restore_stages import tile_dtype
     from ugpnet.fitting import plan_fit
 
     model = ugpnet.load(bundle)
@@ -312,7 +318,7 @@ def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str,
         return shipped, shipped  # split's rows were and are tile sets
     s, k = plan.input_size, plan.scale
     per_tile = plan.num_tiles * 3 * (s * s * np.dtype(tile_dtype(transport)).itemsize
-                                     + (s * k) ** 2 * np.dtype(output_dtype(transport, "fused", "fused")).itemsize)
+                                     + (s * k) ** 2 * np.dtype(BEFORE_STREAMING_OUTPUT_DTYPE[transport]).itemsize)
     return shipped, per_tile
 
 
