@@ -173,7 +173,7 @@ def shipped_bytes(plan, geometry: ModelGeometry, transport: str, stages: str) ->
     the assembled image; split mode the tile set, then per tile the restored image and F_R, then
     F_R, F_G and the synthesized image, then the fused tile. The shapes are fixed by the plan, so
     this is exact (tests/test_restore_memory_units.py compares it with the real stages' arrays)."""
-    from pipelines.restore_stages import assembled_dtype, output_dtype, tile_dtype
+    from pipelines.restore_stages import SPLIT_OUTPUT_DTYPE, assembled_dtype, tile_dtype
 
     def size(dtype) -> int:
         return int(np.dtype(dtype).itemsize)
@@ -184,8 +184,6 @@ def shipped_bytes(plan, geometry: ModelGeometry, transport: str, stages: str) ->
                     + plan.height * plan.width * k * k * size(assembled_dtype(transport)))
     out_tile = (s * k) ** 2
     f_r, f_g = geometry.restoration_channels, geometry.feature_channels - geometry.restoration_channels
-    rgb = (size(output_dtype(transport, "restored", "restoration")) + size(output_dtype(transport, "synthesized",
-                                                                                          "synthesis"))
-           + size(output_dtype(transport, "fused", "fusion")))
+    rgb = 3 * size(SPLIT_OUTPUT_DTYPE)  # the restored, synthesized and fused tiles
     per_tile = 3 * s * s * size(tile_dtype(transport)) + out_tile * (3 * rgb + (2 * f_r + f_g) * FLOAT)
     return plan.num_tiles * per_tile

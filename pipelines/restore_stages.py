@@ -23,7 +23,7 @@ Between stages an image travels with its `FitPlan` (JSON), and the alpha plane (
 With the `compact` transport (the default) input pixels travel as uint16 (value * 65535: exact for
 8- and 16-bit sources, whose floats are samples / 255 or / 65535, and within 1/131070 for resampled
 canvases); fused mode's assembled images as their output 8-bit levels (assembled_dtype: lossless);
-split mode's output tiles and features as in output_dtype. `float32` is the transport of old, kept
+split mode's output tiles and features as float32 (SPLIT_OUTPUT_DTYPE). `float32` is the transport of old, kept
 to measure against.
 """
 
@@ -212,14 +212,12 @@ def pack_tiles(tiles: np.ndarray, transport: str) -> np.ndarray:
     return np.rint(np.clip(tiles, 0.0, 1.0) * np.float32(TILE_LEVELS)).astype(np.uint16)
 
 
-def output_dtype(transport: str, column: str, module: str):
-    """How split mode's output tiles and features travel: float32 under both transports. The
-    features (as float16 they moved outputs by up to 2 levels) dominate split's bytes anyway (64+
-    channels against 3), and float16 RGB tiles, blended after rounding, left 0.2-2 % of the 8-bit
-    samples one level off; as float32 the blend is the fused path's, so both modes write the same
-    bytes under both transports. Fused mode ships assembled images instead (assembled_dtype)."""
-    del transport, column, module  # kept as the one place that decides, should a column ever differ
-    return np.float32
+# How split mode's output tiles and features travel, under both transports. The features (as float16
+# they moved outputs by up to 2 levels) dominate split's bytes anyway (64+ channels against 3), and
+# float16 RGB tiles, blended after rounding, left 0.2-2 % of the 8-bit samples one level off; as
+# float32 the blend is the fused path's, so both modes write the same bytes under both transports.
+# Fused mode ships assembled images instead (assembled_dtype).
+SPLIT_OUTPUT_DTYPE = np.float32
 
 
 def assembled_dtype(transport: str):
@@ -228,9 +226,6 @@ def assembled_dtype(transport: str):
     the output's 8 bits (float16 moved up to 0.8 % of the samples by one level), at a quarter of the
     float32 bytes; the encoder writes those levels as they are."""
     return np.uint8 if transport == "compact" else np.float32
-
-
-_TORCH_DTYPES = {np.float16: "float16", np.float32: "float32"}
 
 
 # ---------------------------------------------------------------- model stages (actor pools)
@@ -306,11 +301,8 @@ class ModelStage:
         return dropped if self.keep_intermediate else (*dropped, "synthesized")
 
     def _run(self, *inputs):
-        import torch
-
-        dtypes = [getattr(torch, _TORCH_DTYPES[output_dtype(self.transport, name, self.module)])
-                  for name in self._outputs()]
-        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs), unpack=_unpack, out_dtypes=dtypes)
+        # The runner's outputs are float32 (SPLIT_OUTPUT_DTYPE) unless told otherwise.
+        return self.runner.run(*(np.ascontiguousarray(x) for x in inputs), unpack=_unpack)
 
     def __call__(self, batch: dict) -> dict:
         statuses = list(batch["status"])
@@ -324,8 +316,7 @@ class ModelStage:
             statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
-            dtype = assembled_dtype(self.transport) if self.module == "fused" else \
-                output_dtype(self.transport, name, self.module)
+            dtype = assembled_dtype(self.transport) if self.module == "fused" else SPLIT_OUTPUT_DTYPE
             empty = np.zeros(self._empty_shape(name), dtype)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
