@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 # Rows (images) per Ray Data batch handed to a model actor when the batch size is measured: enough for
 # the largest batch the policy may pick on that device (tiles of one image can fill more).
-AUTO_ROWS_PER_CALL = {"cpu": 4, "gpu": 8}
+AUTO_ROWS_PER_CALL = {"cpu": 4, "cuda": 8}
 GPU_BATCH_CANDIDATES = (1, 2, 4, 8, 16)
 # On CPU a batch pays only while it stays small in pixels: at 512² batch 4 already costs more per image
 # than batch 1 (issue 11: 10.5 s vs 6.9 s), while a 64² model runs 1.5-5x faster per image at 16 than
@@ -43,7 +43,7 @@ def auto_rows_per_call(device_type: str, input_size: int) -> int:
     images to fill the largest batch the measurement may pick. On a GPU: 8 (tiles of one image can
     fill more)."""
     if device_type == "cuda":
-        return AUTO_ROWS_PER_CALL["gpu"]
+        return AUTO_ROWS_PER_CALL["cuda"]
     return max(AUTO_ROWS_PER_CALL["cpu"], max(cpu_batch_candidates(input_size)))
 
 

@@ -563,6 +563,11 @@ def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> N
         storage.publish_local_folder(target, manifest_dir)
 
 
+def actor_device_type(config) -> str:
+    """The torch device type the model actors run on: "cuda" when they get GPUs, else "cpu"."""
+    return "cuda" if config.gpus_per_actor > 0 else "cpu"
+
+
 def rows_per_model_call(config, input_size: int) -> int:
     """Images per Ray Data batch given to a model actor: the batch size when set, else enough rows for
     the largest batch the actor's measurement may pick on its device for the model's input size."""
@@ -570,7 +575,7 @@ def rows_per_model_call(config, input_size: int) -> int:
 
     if config.batch_size:
         return config.batch_size
-    return auto_rows_per_call("cuda" if config.gpus_per_actor > 0 else "cpu", input_size)
+    return auto_rows_per_call(actor_device_type(config), input_size)
 
 
 def rows_per_block(config) -> int:
@@ -582,7 +587,7 @@ def rows_per_block(config) -> int:
 
     if config.rows_per_block:
         return config.rows_per_block
-    return 2 * (config.batch_size or AUTO_ROWS_PER_CALL["gpu" if config.gpus_per_actor > 0 else "cpu"])
+    return 2 * (config.batch_size or AUTO_ROWS_PER_CALL[actor_device_type(config)])
 
 
 def largest_batch(config, input_size: int) -> int:
@@ -592,7 +597,7 @@ def largest_batch(config, input_size: int) -> int:
 
     if config.batch_size:
         return config.batch_size
-    return max(batch_candidates("cuda" if config.gpus_per_actor > 0 else "cpu", input_size))
+    return max(batch_candidates(actor_device_type(config), input_size))
 
 
 def execution_settings(config, planned_images: int):
