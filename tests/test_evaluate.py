@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from evaluate_samples import CROP, centre_crop_u8, numpy_psnr, write_photos
 from PIL import Image
 
 import ugpnet
@@ -27,7 +28,6 @@ from ugpnet.baselines import baselines_for, run_baseline
 from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, DegradationRecord, degrade, sample_seed
 
 pytest_plugins = ["services"]
-CROP = 64  # the tiny presets' native size: one tile per image keeps the model stage quick
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,24 +42,9 @@ def preset_cache(tmp_path_factory):
 def photos(tmp_path_factory):
     """Three real photos (scikit-learn's two and matplotlib's Grace Hopper) and one corrupt file,
     named so that it sorts last (the first images get the grids)."""
-    from pipelines.samples import write_sample_photos
-
-    folder = tmp_path_factory.mktemp("photos")
-    write_sample_photos(folder, with_skimage=False)
-    (folder / "SOURCES.json").unlink()
+    folder = write_photos(tmp_path_factory.mktemp("photos"))
     (folder / "zz_corrupt.jpg").write_bytes(b"<html>not an image</html>")
     return folder
-
-
-def centre_crop_u8(path, side=CROP) -> np.ndarray:
-    rgb = np.asarray(Image.open(path).convert("RGB"))
-    top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
-    return rgb[top:top + side, left:left + side]
-
-
-def numpy_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def degraded_u8(gt_u8: np.ndarray, task: str, strength: float, seed: int, index: int) -> np.ndarray:

@@ -3,7 +3,6 @@ gets, become rows and grid panels, and a missing optional package is handled as 
 for: exit 2 naming the extra before any work; not asked for: a warning and no baseline rows).
 The Ray end-to-end checks (table, plots, grids, parquet) are in test_evaluate.py."""
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from evaluate_samples import CROP, centre_crop_u8, numpy_psnr, write_photos
 from PIL import Image
 
 from pipelines.evaluate import EvaluateConfig, add_parsers, config_from_args
@@ -19,7 +19,6 @@ from ugpnet.baselines import INSTALL_HINT, baselines_for, run_baseline
 from ugpnet.degradations import DegradationRecord, degrade, gaussian_kernel, sample_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-CROP = 64
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,23 +30,7 @@ def preset_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from pipelines.samples import write_sample_photos
-
-    folder = tmp_path_factory.mktemp("photos")
-    write_sample_photos(folder, with_skimage=False)
-    (folder / "SOURCES.json").unlink()
-    return folder
-
-
-def centre_crop(path) -> np.ndarray:
-    rgb = np.asarray(Image.open(path).convert("RGB"))
-    top, left = (rgb.shape[0] - CROP) // 2, (rgb.shape[1] - CROP) // 2
-    return rgb[top:top + CROP, left:left + CROP]
-
-
-def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 def parse(argv: list[str]) -> EvaluateConfig:
@@ -87,14 +70,14 @@ def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp
     assert [(r["output"], r["status"]) for r in rows] == [(o, "ok") for o in output_names(names)]
     by_output = {r["output"]: r for r in rows}
 
-    gt = centre_crop(photos / "flower.png")
+    gt = centre_crop_u8(photos / "flower.png")
     gt_float = torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float32) / 255)
     lq = degrade(gt_float, task_degradation("deblur", 2.0), sample_seed(7, seed_index("flower.png")))
     lq = lq.numpy().transpose(1, 2, 0)
     truth = DegradationRecord(kernel=gaussian_kernel(13, 2.0))  # evaluate's kernel: 2·ceil(3σ)+1 px, σ 2
     for baseline in baselines_for("deblur"):
         expected = np.round(run_baseline(baseline, lq, truth) * 255).astype(np.uint8)
-        assert by_output[baseline.name]["psnr"] == pytest.approx(psnr_u8(expected, gt), abs=1e-3), baseline.name
+        assert by_output[baseline.name]["psnr"] == pytest.approx(numpy_psnr(expected, gt), abs=1e-3), baseline.name
         assert by_output[baseline.name]["psnr"] > by_output["input"]["psnr"], baseline.name
     strip = Image.open(tmp_path / "r" / "grids" / "flower.png@2.png")
     assert strip.size == (7 * 32 + 6 * 2, 32)  # LQ | restored | synthesized | fused | unsharp | Wiener | GT
