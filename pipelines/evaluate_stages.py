@@ -183,7 +183,8 @@ def run_baselines(names: tuple[str, ...], task: str, lq: np.ndarray, record, err
                 outputs.append(run_baseline(baseline, lq.transpose(1, 2, 0), record))
                 times[i] = (time.perf_counter() - started) * 1000
             except Exception as err:  # one baseline failing costs only its own rows
-                errors[i], outputs = f"baseline: {_reason(err)}", outputs + [None]
+                errors[i] = f"baseline: {_reason(err)}"
+                outputs.append(None)
         shape = next((o.shape for o in outputs if o is not None), None)
         if shape is not None:
             # Rounded as ugpnet.metrics.to_uint8_levels rounds the model's outputs: all measured alike.
