@@ -142,10 +142,15 @@ class EvaluateConfig:
         return not missing
 
     @property
-    def baseline_names(self) -> tuple[str, ...]:
+    def baseline_methods(self) -> tuple:
+        """The ugpnet.baselines.Baseline entries this run evaluates (none when baselines are off)."""
         from ugpnet.baselines import baselines_for
 
-        return tuple(b.name for b in baselines_for(self.task)) if self.baselines else ()
+        return tuple(baselines_for(self.task)) if self.baselines else ()
+
+    @property
+    def baseline_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.baseline_methods)
 
     def _strengths(self) -> tuple[float, ...]:
         if self.strengths is None:
@@ -364,7 +369,6 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
 
     from pipelines import evaluate_report
     from pipelines.evaluate_stages import describe_degradation, output_names
-    from ugpnet.baselines import baselines_for
 
     outputs = output_names(config.baseline_names)
     expected = images * len(config.strengths) * len(outputs)
@@ -378,8 +382,7 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
 
     rows = table.to_pylist()
     metrics = [*BASE_METRICS, *config.metrics]
-    baselines = [{"name": b.name, "blind": b.blind, "how": b.how} for b in baselines_for(config.task)
-                 if b.name in config.baseline_names]
+    baselines = [{"name": b.name, "blind": b.blind, "how": b.how} for b in config.baseline_methods]
     aggregate = evaluate_report.aggregate(rows, metrics, outputs)
     comparisons = evaluate_report.compare(aggregate, tuple(b["name"] for b in baselines if b["blind"]))
     fused_rows = [r for r in rows if r["output"] == "fused"]
