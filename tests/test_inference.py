@@ -204,6 +204,19 @@ def test_the_driver_hands_every_actor_its_execution_settings():
     assert rows_per_model_call(RestoreConfig(input="in", output="out", batch_size=3).validate(), 64) == 3
 
 
+def test_blocks_hold_two_model_calls_so_small_tiles_get_larger_blocks():
+    from pipelines.restore import rows_per_block
+
+    def config(**fields):
+        return RestoreConfig(input="in", output="out", **fields).validate()
+
+    assert rows_per_block(config(), 512) == 8  # CPU at 512²: as before
+    assert rows_per_block(config(), 64) == 32  # small tiles: two calls of up to 16
+    assert rows_per_block(config(gpus_per_actor=0.5), 64) == 16
+    assert rows_per_block(config(batch_size=3), 64) == 6
+    assert rows_per_block(config(batch_size=3, rows_per_block=5), 64) == 5  # as set
+
+
 def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys):
     from pipelines import cli
     from pipelines.restore import config_from_args
