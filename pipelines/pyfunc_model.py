@@ -3,7 +3,9 @@
 MLflow loads this file by path when the model is loaded, so the wrapper is code, never a pickle;
 the weights travel as the bundle artifact (safetensors). `predict` takes and returns images:
 a DataFrame with a column `image` of encoded bytes (PNG/JPEG/WebP/…) → a DataFrame with `image`
-(PNG bytes of the fused result), `width`, `height`, and `error` for inputs that could not be decoded.
+(PNG bytes of the fused result), `width`, `height`, and `error` for inputs that could not be decoded
+or do not fit the model under the `fit` param ("resize" by default, "tile", or "error"; the signature
+that registry.log_bundle logs declares it, without which MLflow drops params).
 """
 
 import mlflow.pyfunc
@@ -24,7 +26,7 @@ class UGPNetPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import torch
 
-        from ugpnet.fitting import numpy_to_tensor, tensor_to_numpy
+        from ugpnet.fitting import FitError, numpy_to_tensor, tensor_to_numpy
         from ugpnet.images import ImageDecodeError, decode_image, encode_image
 
         fit = (params or {}).get("fit", "resize")
@@ -35,8 +37,12 @@ class UGPNetPyfunc(mlflow.pyfunc.PythonModel):
             except ImageDecodeError as exc:
                 rows.append({"image": b"", "width": 0, "height": 0, "error": str(exc)})
                 continue
-            with torch.inference_mode():
-                fused = self.model.restore(numpy_to_tensor(decoded.rgb).to(self.device), fit=fit)
+            try:
+                with torch.inference_mode():
+                    fused = self.model.restore(numpy_to_tensor(decoded.rgb).to(self.device), fit=fit)
+            except FitError as exc:  # this image, not the batch, breaks the policy (fit="error", wrong size)
+                rows.append({"image": b"", "width": 0, "height": 0, "error": str(exc)})
+                continue
             rgb = tensor_to_numpy(fused.cpu())
             rows.append({"image": encode_image(rgb, fmt="png"), "width": rgb.shape[1], "height": rgb.shape[0],
                          "error": ""})

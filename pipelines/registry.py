@@ -18,6 +18,8 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 BUNDLE_ARTIFACT = "bundle"
 # Explicit requirements: inferred ones would pin the local CPU build of torch that no registry serves.
 PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "mlflow>=3.0"]
+# UGPNet.restore's own default fit policy; the params schema's default, so no params means the same as restore().
+PYFUNC_DEFAULT_FIT = "resize"
 CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
 # Written last into a finished download: a cache folder without it (a download killed half way, or one
 # made before this marker existed) is fetched again, never trusted.
@@ -37,6 +39,30 @@ def registered_name(task: str, name: str | None = None) -> str:
     return name or f"ugpnet-{task}"
 
 
+def pyfunc_signature():
+    """The pyfunc contract: encoded image bytes in; PNG bytes, size and a per-row error out; the fit
+    policy as an inference param. Without a params schema MLflow drops `params` at predict time."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("binary", "image")])
+    outputs = Schema([ColSpec("binary", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
+                      ColSpec("string", "error")])
+    params = ParamSchema([ParamSpec("fit", "string", PYFUNC_DEFAULT_FIT)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def pyfunc_input_example():
+    """A 16×16 grey PNG: small enough to store beside the model, a valid image for the example check."""
+    import numpy as np
+    import pandas as pd
+
+    from ugpnet.images import encode_image
+
+    grey = np.full((16, 16, 3), 0.5, dtype=np.float32)
+    return pd.DataFrame({"image": [encode_image(grey, fmt="png")]})
+
+
 def log_bundle(bundle_dir: str | Path, *, register_as: str | None = None, alias: str | None = None,
                name: str = "model") -> RegisteredVersion | None:
     """Log the bundle as a pyfunc model in the active run; optionally register it and set an alias."""
@@ -44,7 +70,8 @@ def log_bundle(bundle_dir: str | Path, *, register_as: str | None = None, alias:
 
     info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_FILE),
                                    artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-                                   code_paths=None, pip_requirements=PIP_REQUIREMENTS)
+                                   code_paths=None, pip_requirements=PIP_REQUIREMENTS,
+                                   signature=pyfunc_signature(), input_example=pyfunc_input_example())
     if not register_as:
         return None
     version = mlflow.register_model(info.model_uri, register_as)

@@ -131,3 +131,75 @@ def test_the_shipped_defaults_register_and_load_back_from_mlflow(task, tracking,
     assert loaded.preset == shipped.preset
     for key, value in shipped.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_pyfunc_honours_the_fit_param(tracking, registered):
+    """The logged signature declares `fit`; without it MLflow dropped params and resized silently."""
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered}@candidate")
+    wrong_size = pd.DataFrame({"image": [png_bytes(300, 200)]})
+    refused = pyfunc.predict(wrong_size, params={"fit": "error"})
+    assert "300×200" in refused.loc[0, "error"] and refused.loc[0, "width"] == 0
+    default = pyfunc.predict(wrong_size)
+    assert default.loc[0, "error"] == ""
+    assert Image.open(io.BytesIO(default.loc[0, "image"])).size == (300, 200)
+
+
+def post_json(url, payload):
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_model_server_restores_and_honours_fit(tracking, registered, tmp_path):
+    """`mlflow models serve` of the registered version: binary columns travel base64 in
+    dataframe_split; params ride beside it in the same JSON body."""
+    import base64
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from services import free_port, wait_for
+
+    port = free_port()
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", f"models:/{registered}/1",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "MLFLOW_TRACKING_URI": tracking})
+
+    def answers_ping():
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers_ping, timeout_s=180, what="mlflow models serve /ping")
+        image = base64.b64encode(png_bytes(40, 24)).decode()
+        wrong = base64.b64encode(png_bytes(300, 200)).decode()
+        restored = post_json(f"http://127.0.0.1:{port}/invocations",
+                             {"dataframe_split": {"columns": ["image"], "data": [[image]]}})["predictions"][0]
+        assert restored["error"] == "" and (restored["width"], restored["height"]) == (40, 24)
+        assert Image.open(io.BytesIO(base64.b64decode(restored["image"]))).size == (40, 24)
+        refused = post_json(f"http://127.0.0.1:{port}/invocations",
+                            {"dataframe_split": {"columns": ["image"], "data": [[wrong]]},
+                             "params": {"fit": "error"}})["predictions"][0]
+        assert "300×200" in refused["error"]
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
