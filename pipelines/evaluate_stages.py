@@ -30,7 +30,6 @@ from ugpnet.degradations import BlurConfig, Degradation, NoiseConfig
 TASKS = ("denoise", "deblur", "sr")
 OUTPUTS = ("input", "restored", "synthesized", "fused")
 BASE_METRICS = ("psnr", "ssim", "hf_ratio", "hf_distance", "gmsd")
-OPTIONAL_METRICS = ("lpips",)
 SR_SCALE = 8          # the paper's (and the presets') only super-resolution factor
 MIN_SIDE = 16         # pixels: SSIM's 11×11 window and GMSD's 2× pool + 3×3 gradients need room
 BLUR_RADIUS_SIGMAS = 3  # Gaussian kernel half-width in σ: 2·ceil(3σ)+1, so σ 2 → 13 px (deblur_gaussian_sigma2)

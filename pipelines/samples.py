@@ -22,7 +22,6 @@ SKIMAGE_PHOTOS = {
     "gravel": "CC0 (scikit-image)",
     "coins": "public domain (Brooklyn Museum, per scikit-image)",
 }
-DEMO_PHOTOS = ("china.png", "grace_hopper.jpg", "astronaut.png", "coffee.png")
 
 
 def write_sample_photos(destination: Path, with_skimage: bool = True) -> list[Path]:

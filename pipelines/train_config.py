@@ -2,7 +2,7 @@
 `--set key=value` overrides, validated before any work (errors name the field)."""
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,3 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config: {path} must hold a mapping of field names to values")
     return data
-
-
-def with_stage_only(config: TrainConfig, stage: str) -> TrainConfig:
-    return replace(config, stages=(stage,))

@@ -6,7 +6,6 @@ no Y channel). The texture-aware measures catch what PSNR rewards away (over-smo
 and `gmsd` (gradient magnitude similarity deviation, Xue et al. 2014; 0 ideal).
 """
 
-import math
 
 import torch
 from torch.nn import functional as F
@@ -87,8 +86,3 @@ def gmsd(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     c = 170.0
     similarity = (2 * m_out * m_gt + c) / (m_out**2 + m_gt**2 + c)
     return similarity.flatten(1).std(1, unbiased=False).float()
-
-
-def mean_finite(values: torch.Tensor) -> float:
-    """Mean of per-image values with inf (identical images under PSNR) capped at 100 dB."""
-    return float(values.clamp(max=100.0).mean()) if values.numel() else math.nan

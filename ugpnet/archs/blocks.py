@@ -1,6 +1,5 @@
 """Small building blocks shared by UGPNet's own modules (official `archs/blocks.py` names)."""
 
-import math
 
 from torch import nn
 from torch.nn import functional as F
@@ -82,7 +81,3 @@ def pad_to_multiple(x, multiple: int):
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     return x, (h, w)
-
-
-def is_power_of_two(n: int) -> bool:
-    return n > 0 and math.log2(n).is_integer()
