@@ -34,13 +34,10 @@ class UGPNetPyfunc(mlflow.pyfunc.PythonModel):
         for data in model_input["image"]:
             try:
                 decoded = decode_image(bytes(data))
-            except ImageDecodeError as exc:
-                rows.append({"image": b"", "width": 0, "height": 0, "error": str(exc)})
-                continue
-            try:
                 with torch.inference_mode():
                     fused = self.model.restore(numpy_to_tensor(decoded.rgb).to(self.device), fit=fit)
-            except FitError as exc:  # this image, not the batch, breaks the policy (fit="error", wrong size)
+            # this image, not the batch, is bad: undecodable, or against the policy (fit="error", wrong size)
+            except (ImageDecodeError, FitError) as exc:
                 rows.append({"image": b"", "width": 0, "height": 0, "error": str(exc)})
                 continue
             rgb = tensor_to_numpy(fused.cpu())

@@ -3,7 +3,6 @@ S3-compatible server, bound to 127.0.0.1 and stopped by the fixture that started
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -11,16 +10,26 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from services import free_port
+from services import free_port, stop_process_group
+
+# The environment's scripts: found on PATH only when the virtualenv is activated, which CI does not do
+# (it runs .venv/bin/python); `mlflow models serve` also runs `uvicorn` from there by name.
+SCRIPTS_DIR = str(Path(sys.executable).parent)
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen, deadline_s: float, log: Path) -> None:
+def mlflow_executable() -> str:
+    return shutil.which("mlflow", path=SCRIPTS_DIR) or "mlflow"
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, deadline_s: float, log: Path,
+                       path: str = "/health") -> None:
+    """Polls `url + path` (the tracking server's /health; a model server's /ping) until it answers 200."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -35,8 +44,7 @@ def mlflow_server(workdir: Path, artifacts_destination: str, s3_env: dict[str, s
     port = free_port()
     log = workdir / "mlflow-server.log"
     env = {**os.environ, **s3_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+    command = [mlflow_executable(), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
                "--artifacts-destination", artifacts_destination, "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--allowed-hosts", "localhost:*,127.0.0.1:*"]
     with open(log, "wb") as out:
@@ -46,9 +54,4 @@ def mlflow_server(workdir: Path, artifacts_destination: str, s3_env: dict[str, s
         wait_until_healthy(url, process, 120, log)
         yield url
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)

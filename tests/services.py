@@ -119,6 +119,23 @@ def kill_processes(pids: list[int], *, grace_s: float = 10.0) -> None:
                 pass
 
 
+def stop_process_group(process: subprocess.Popen, *, grace_s: float = 20.0) -> None:
+    """SIGTERM the process group a test started (start_new_session=True), SIGKILL it if it outlives
+    `grace_s`. A group already gone (a server that died at start) is no error, so the test reports why
+    it died instead of a ProcessLookupError."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
 def environment(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
@@ -180,12 +197,7 @@ class MotoS3:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process_group(self.process, grace_s=10)
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")

@@ -158,66 +158,31 @@ def test_mlflow_model_server_restores_and_honours_fit(tracking, registered, tmp_
     dataframe_split; params ride beside it in the same JSON body."""
     import base64
     import os
-    import shutil
     import subprocess
-    import sys
-    import urllib.request
-    from pathlib import Path
 
-    from services import free_port, wait_for
+    from mlflow_service import SCRIPTS_DIR, mlflow_executable, wait_until_healthy
+    from services import free_port, stop_process_group
 
     port = free_port()
-    # The environment's scripts: `mlflow models serve` runs `uvicorn` by name, found only on PATH
-    # (CI runs .venv/bin/python without activating the virtualenv).
-    scripts = str(Path(sys.executable).parent)
-    mlflow_bin = shutil.which("mlflow", path=scripts) or "mlflow"
+    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", f"models:/{registered}/1",
+        server = subprocess.Popen([mlflow_executable(), "models", "serve", "-m", f"models:/{registered}/1",
                                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                   env={**os.environ, "MLFLOW_TRACKING_URI": tracking,
-                                       "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])})
-
-    def answers_ping():
-        assert server.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
+                                       "PATH": os.pathsep.join([SCRIPTS_DIR, os.environ.get("PATH", "")])})
     try:
-        wait_for(answers_ping, timeout_s=180, what="mlflow models serve /ping")
+        wait_until_healthy(url, server, 180, log, path="/ping")
         image = base64.b64encode(png_bytes(40, 24)).decode()
         wrong = base64.b64encode(png_bytes(300, 200)).decode()
-        restored = post_json(f"http://127.0.0.1:{port}/invocations",
+        restored = post_json(f"{url}/invocations",
                              {"dataframe_split": {"columns": ["image"], "data": [[image]]}})["predictions"][0]
         assert restored["error"] == "" and (restored["width"], restored["height"]) == (40, 24)
         assert Image.open(io.BytesIO(base64.b64decode(restored["image"]))).size == (40, 24)
-        refused = post_json(f"http://127.0.0.1:{port}/invocations",
+        refused = post_json(f"{url}/invocations",
                             {"dataframe_split": {"columns": ["image"], "data": [[wrong]]},
                              "params": {"fit": "error"}})["predictions"][0]
         assert "300×200" in refused["error"]
     finally:
         stop_process_group(server)
-
-
-def stop_process_group(process) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it lingers; a group already gone (a server
-    that died at start) is not an error here, so the test reports why it died."""
-    import os
-    import signal
-    import subprocess
-
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
