@@ -58,6 +58,39 @@ def png16_rgb(width: int, height: int) -> bytes:
     return _png(width, height, 16, 2, zlib.compress(rows))
 
 
+def srgb_profile() -> bytes:
+    """A real RGB ICC profile (Pillow's littleCMS builds sRGB), as archive scans carry."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(width: int, height: int, orientation: int = 6) -> Image.Exif:
+    """EXIF as a camera writes it: model, capture date, orientation, the image size, a copyright."""
+    exif = Image.Exif()
+    exif[0x0110] = "UGPNet TestCam 1"       # Model
+    exif[0x8298] = "(c) The Archive"        # Copyright
+    exif[0x0112] = orientation
+    photo_ifd = exif.get_ifd(0x8769)
+    photo_ifd[0x9003] = "2021:06:05 14:30:00"  # DateTimeOriginal
+    photo_ifd[0xA002], photo_ifd[0xA003] = width, height  # PixelXDimension, PixelYDimension
+    return exif
+
+
+def png16_with_profile_and_exif(stored_width: int, stored_height: int) -> tuple[bytes, np.ndarray]:
+    """A 16-bit RGB PNG with an sRGB iCCP chunk and an eXIf chunk (orientation 6), built by hand;
+    returns the bytes and the stored (H, W, 3) uint16 samples, which use all 16 bits."""
+    y, x = np.mgrid[0:stored_height, 0:stored_width]
+    samples = np.stack([x * 65535 // max(1, stored_width - 1), y * 65535 // max(1, stored_height - 1),
+                        (x * 7919 + y * 104729) % 65536], axis=2).astype(np.uint16)
+    rows = b"".join(b"\x00" + samples[row].astype(">u2").tobytes() for row in range(stored_height))
+    header = struct.pack(">IIBBBBB", stored_width, stored_height, 16, 2, 0, 0, 0)
+    exif = camera_exif(stored_width, stored_height).tobytes()[len(b"Exif\x00\x00"):]
+    chunks = (_png_chunk(b"IHDR", header) + _png_chunk(b"iCCP", b"sRGB\x00\x00" + zlib.compress(srgb_profile()))
+              + _png_chunk(b"eXIf", exif) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunks, samples
+
+
 def exif_rotated_jpeg(stored_width: int, stored_height: int) -> bytes:
     """Stored landscape with EXIF orientation 6 (rotate 90° clockwise to view): upright it is portrait."""
     exif = Image.Exif()

@@ -15,10 +15,14 @@ files instead of failing and this module can no longer detect truncation.
 import io
 import re
 import struct
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ugpnet.deep_writers import write_png16, write_tiff16
+from ugpnet.image_metadata import ImageMetadata, output_exif, read_metadata
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Largest width*height (pixels) `decode_image` accepts by default: 100 Mpx is a 10000x10000 scan
@@ -33,13 +37,21 @@ so anything longer is a corrupt header or a deliberate 1xN bomb."""
 # it has on hostile bytes (EPS, for one, would hand the bytes to Ghostscript).
 _READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 
-_OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
+DEEP_FORMATS = ("PNG", "TIFF")
+"""Output formats that hold 16-bit samples; JPEG and WebP hold 8 bits, so a 16-bit input written as
+one of them is quantised to 8 bits (its profile and EXIF are still written)."""
 
-# Pillow reads 16-bit colour PNGs into 8-bit modes, keeping only the high byte of each sample.
-# Decoding the same stream again with the little-endian unpacker keeps the low byte instead (the
-# PNG unfilter works on whole 6- or 8-byte pixels, identical in both passes), so hi * 256 + lo
-# gives back the exact 16-bit samples.
-_PNG16_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# Pillow reads 16-bit colour PNGs and TIFFs into 8-bit modes, keeping only the high byte of each
+# sample. Decoding the same stream again with the opposite byte order's unpacker keeps the low byte
+# instead (PNG's unfilter and TIFF's decompression and predictor work on whole samples before the
+# unpacker, identical in both passes), so hi * 256 + lo gives back the exact 16-bit samples.
+_NATIVE = "L" if sys.byteorder == "little" else "B"
+_DEEP_LOW_BYTE_RAWMODES = {
+    f"{mode};16{order}": f"{mode};16{swapped}"
+    for mode in ("RGB", "RGBA")
+    for order, swapped in (("B", "L"), ("L", "B"), ("N", "B" if _NATIVE == "L" else "L"))
+}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SIGNATURES = (
@@ -74,6 +86,7 @@ class DecodedImage:
     source_mode: str  # Pillow mode of the file as stored: "RGB", "CMYK", "I;16", "P", "LA", ...
     source_format: str  # "PNG", "JPEG", "WEBP", "TIFF", "BMP" or "GIF"
     bit_depth: int  # 8, or 16 where the samples carry more than 8 bits (16-bit PNG/TIFF, float TIFF)
+    metadata: ImageMetadata = ImageMetadata()  # RGB ICC profile and EXIF as stored (orientation included)
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
@@ -108,45 +121,84 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     with _open_header(data, max_pixels) as image:
         fmt = "JPEG" if image.format == "MPO" else str(image.format)  # MPO: a camera JPEG
         _check_size(*image.size, max_pixels=max_pixels, max_side=max_side)
-        png16_rawmode = _png16_rawmode(image)
+        deep_rawmode = _deep_rawmode(image)
         _load_pixels(image, fmt, data)
         source_mode = image.mode
+        metadata = read_metadata(image)  # before the orientation is applied (and dropped)
         upright = _apply_exif_orientation(image)
         samples, scale = _samples(upright)
         transparency = upright.info.get("transparency")
-        if png16_rawmode is not None:
-            samples = _png16_samples(data, png16_rawmode, high_bytes=samples)
+        if deep_rawmode is not None:
+            samples = _deep_samples(data, fmt, deep_rawmode, high_bytes=samples)
             scale = 65535
-    return _to_float(samples, scale, transparency, source_mode, fmt)
+    decoded = _to_float(samples, scale, transparency, source_mode, fmt)
+    decoded.metadata = metadata
+    return decoded
 
 
 def encode_image(rgb: np.ndarray, *, alpha: np.ndarray | None = None, fmt: str = "png",
-                 quality: int = 95) -> bytes:
-    """Encode float (H, W, 3) `rgb` (clamped to [0, 1]) as png, jpg/jpeg or webp bytes; uint8 `rgb`
-    is taken as the 8-bit levels themselves (what quantize_to_uint8 of those floats gives).
+                 quality: int = 95, bit_depth: int = 8, metadata: ImageMetadata | None = None) -> bytes:
+    """Encode float (H, W, 3) `rgb` (clamped to [0, 1]) as png, jpg/jpeg, webp or tif/tiff bytes;
+    uint8 `rgb` is taken as 8-bit levels and uint16 `rgb` as 16-bit levels (what quantize_to_uint8
+    and quantize_to_uint16 of those floats give).
 
-    `alpha` (H, W) in [0, 1] is written as an RGBA image for png and webp and dropped for jpg,
-    which has no alpha channel. `quality` (1..100) applies to jpg and webp.
+    `alpha` (H, W) in [0, 1] is written as an RGBA image for png, webp and tiff and dropped for jpg,
+    which has no alpha channel. `quality` (1..100) applies to jpg and webp. `bit_depth` 16 writes
+    16-bit samples where the format holds them (DEEP_FORMATS) and 8-bit ones elsewhere.
+    `metadata`: its ICC profile is embedded as it is, its EXIF as `output_exif` makes it for this
+    size (no orientation tag: the pixels are upright).
     """
-    pil_format = _OUTPUT_FORMATS.get(str(fmt).lower())
+    pil_format = OUTPUT_FORMATS.get(str(fmt).lower())
     if pil_format is None:
-        raise ValueError(f"unsupported output format {fmt!r}; expected one of png, jpg, jpeg, webp")
+        raise ValueError(f"unsupported output format {fmt!r}; expected one of png, jpg, jpeg, webp, tif, tiff")
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"rgb must be a non-empty (H, W, 3) array, got shape {rgb.shape}")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
-    pixels = rgb if rgb.dtype == np.uint8 else quantize_to_uint8(rgb)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) = {rgb.shape[:2]}, got shape {alpha.shape}")
-        if pil_format != "JPEG":
-            pixels = np.concatenate([pixels, quantize_to_uint8(alpha)[..., None]], axis=2)
+        if pil_format == "JPEG":
+            alpha = None
+    metadata = metadata or ImageMetadata()
+    icc_profile, exif = metadata.icc_profile, output_exif(metadata.exif, rgb.shape[1], rgb.shape[0])
+    if bit_depth == 16 and pil_format in DEEP_FORMATS:
+        levels = _levels16(rgb, alpha)
+        writer = write_png16 if pil_format == "PNG" else write_tiff16
+        return writer(levels, icc_profile=icc_profile, exif=exif)
+    pixels = _levels8(rgb)
+    if alpha is not None:
+        pixels = np.concatenate([pixels, quantize_to_uint8(alpha)[..., None]], axis=2)
     options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if exif:
+        options["exif"] = exif
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format=pil_format, **options)
     return buffer.getvalue()
+
+
+def _levels8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    if rgb.dtype == np.uint16:
+        return quantize_to_uint8(rgb.astype(np.float32) / np.float32(65535))
+    return quantize_to_uint8(rgb)
+
+
+def _levels16(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        levels = rgb.astype(np.uint16) * np.uint16(257)  # 8-bit levels exactly: 255 → 65535
+    else:
+        levels = rgb if rgb.dtype == np.uint16 else quantize_to_uint16(rgb)
+    if alpha is None:
+        return levels
+    return np.concatenate([levels, quantize_to_uint16(alpha)[..., None]], axis=2)
 
 
 def quantize_to_uint8(x: np.ndarray) -> np.ndarray:
@@ -164,6 +216,16 @@ def quantize_to_uint8(x: np.ndarray) -> np.ndarray:
     scaled = values * values.dtype.type(255) + values.dtype.type(0.5)
     scaled = np.nan_to_num(scaled, nan=0.0)  # a NaN cast to uint8 is undefined
     return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def quantize_to_uint16(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to 16-bit levels by the rule quantize_to_uint8 uses at 8 bits:
+    floor(clip(x) * 65535 + 0.5), in float32 at least; NaN becomes 0."""
+    values = np.asarray(x)
+    if not np.issubdtype(values.dtype, np.floating) or values.dtype.itemsize < 4:
+        values = values.astype(np.float32)
+    scaled = np.nan_to_num(values * values.dtype.type(65535) + values.dtype.type(0.5), nan=0.0)
+    return np.clip(scaled, 0, 65535).astype(np.uint16)
 
 
 def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -228,12 +290,25 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _png16_rawmode(image: Image.Image) -> str | None:
-    """The raw mode of a 16-bit RGB(A) PNG, whose samples Pillow would cut to 8 bits; else None."""
-    if image.format != "PNG" or not image.tile:
+def _deep_rawmode(image: Image.Image) -> str | None:
+    """The raw mode of a 16-bit RGB(A) PNG or TIFF, whose samples Pillow would cut to 8 bits; else None."""
+    if image.format not in DEEP_FORMATS or not image.tile:
         return None
-    rawmode = image.tile[0][3]
-    return rawmode if isinstance(rawmode, str) and rawmode in _PNG16_LOW_BYTE_RAWMODES else None
+    rawmode = _tile_rawmode(image.tile[0])
+    return rawmode if rawmode in _DEEP_LOW_BYTE_RAWMODES else None
+
+
+def _tile_rawmode(tile) -> str | None:
+    """A tile's raw mode: PNG tiles carry it as their argument, TIFF tiles first in an argument tuple."""
+    args = tile[3]
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return rawmode if isinstance(rawmode, str) else None
+
+
+def _with_rawmode(tile, rawmode: str):
+    args = tile[3]
+    args = (rawmode, *args[1:]) if isinstance(args, tuple) else rawmode
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
 
 
 def _samples(image: Image.Image) -> tuple[np.ndarray, int]:
@@ -259,18 +334,18 @@ def _samples(image: Image.Image) -> tuple[np.ndarray, int]:
     return (samples[..., None] if samples.ndim == 2 else samples), 255
 
 
-def _png16_samples(data: bytes, rawmode: str, high_bytes: np.ndarray) -> np.ndarray:
-    """Exact 16-bit samples of a 16-bit RGB(A) PNG whose high bytes Pillow already decoded."""
+def _deep_samples(data: bytes, fmt: str, rawmode: str, high_bytes: np.ndarray) -> np.ndarray:
+    """Exact 16-bit samples of a 16-bit RGB(A) PNG or TIFF whose high bytes Pillow already decoded."""
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
-            image.tile = [tile[:3] + (_PNG16_LOW_BYTE_RAWMODES[rawmode],) for tile in image.tile]
+        with Image.open(io.BytesIO(data), formats=(fmt,)) as image:
+            image.tile = [_with_rawmode(tile, _DEEP_LOW_BYTE_RAWMODES[rawmode]) for tile in image.tile]
             image.load()
             low_bytes = np.asarray(_apply_exif_orientation(image))
     except Exception as err:
-        raise ImageDecodeError(f"corrupt 16-bit PNG: could not re-read the low bytes: {err}") from err
+        raise ImageDecodeError(f"corrupt 16-bit {fmt}: could not re-read the low bytes: {err}") from err
     if low_bytes.shape != high_bytes.shape:
         raise ImageDecodeError(
-            f"corrupt 16-bit PNG: the two passes disagree ({low_bytes.shape} vs {high_bytes.shape})")
+            f"corrupt 16-bit {fmt}: the two passes disagree ({low_bytes.shape} vs {high_bytes.shape})")
     return high_bytes.astype(np.uint16) * 256 + low_bytes
 
 
