@@ -31,14 +31,19 @@ def _digest(text: str) -> str:
 
 
 def output_settings(*, fit: str, tile_overlap: int | None, ext: str, quality: int, save_intermediate: bool,
-                    precision: str = "fp32", transport: str = "compact") -> dict:
+                    precision: str = "fp32", transport: str = "compact", strip_metadata: bool = False) -> dict:
     """Every restore setting that changes the bytes written for an input (the model version aside).
     Batch size, stage layout and actor counts do not (fused and split outputs are equal); quality
     matters only for lossy formats; precision does (bf16 differs from fp32 by a few 8-bit levels), and so
-    may the transport (uint16 canvases of resampled inputs are within 1/131070 of float32's)."""
-    return {"fit": fit, "tile_overlap": tile_overlap, "ext": ext, "save_intermediate": save_intermediate,
-            "quality": quality if ext in ("jpg", "webp") else None, "precision": precision,
-            "transport": transport}
+    may the transport (uint16 canvases of resampled inputs are within 1/131070 of float32's).
+    strip_metadata is named only when set, so outputs done before it existed keep their markers (their
+    pixels are what a run writes now; only their metadata is missing)."""
+    settings = {"fit": fit, "tile_overlap": tile_overlap, "ext": ext, "save_intermediate": save_intermediate,
+                "quality": quality if ext in ("jpg", "webp", "auto") else None, "precision": precision,
+                "transport": transport}
+    if strip_metadata:
+        settings["strip_metadata"] = True
+    return settings
 
 
 def settings_tag(settings: dict) -> str:

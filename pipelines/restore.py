@@ -39,7 +39,8 @@ COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
-OUTPUT_EXTS = ("png", "jpg", "webp")
+OUTPUT_EXTS = ("png", "jpg", "webp", "tiff", "auto")  # auto: each input's own format (restore_inputs.output_ext)
+_EXT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 STAGE_MODES = ("fused", "split")
 # Memory reserved per model actor: the interpreter, torch and activations, plus copies of the weights
 # (the payload bytes, the loaded state dict, the module). A reservation, not a limit.
@@ -79,9 +80,10 @@ class RestoreConfig:
     cpus_per_actor: float = 0.5                 # Ray CPUs reserved per model actor
     cpus_per_task: float = 0.5                  # Ray CPUs reserved per read/decode or encode/write task
     threads_per_actor: int = 0                  # torch threads in a CPU actor; 0: max(1, ceil(cpus_per_actor))
-    ext: str = "png"                            # png | jpg | webp
+    ext: str = "png"                            # png | jpg | webp | tiff | auto (each input's format)
     suffix: str = ""                            # added to every output stem: a/b.jpg → a/b<suffix>.png
     quality: int = 95                           # jpg/webp quality, 1..100
+    strip_metadata: bool = False                # write no ICC profile and no EXIF (default: the input's, kept)
     save_intermediate: bool = False             # also write _intermediate/restored/ and _intermediate/synthesized/
     overwrite: bool = False                     # redo inputs whose output exists for this model version
     max_error_rate: float = 1.0                 # errored / processed above this → exit status 3
@@ -108,7 +110,7 @@ class RestoreConfig:
         _choice("stages", self.stages, STAGE_MODES)
         _choice("transport", self.transport, TRANSPORTS)
         self.ext = str(self.ext).lower().lstrip(".")
-        self.ext = "jpg" if self.ext == "jpeg" else self.ext
+        self.ext = _EXT_ALIASES.get(self.ext, self.ext)
         _choice("ext", self.ext, OUTPUT_EXTS)
         self.actors = _int_tuple("actors", self.actors)
         if any(n < 1 for n in self.actors):
@@ -135,7 +137,7 @@ class RestoreConfig:
                 or storage.unsafe_key_reason(self.suffix or "x"):
             raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
         _integer("quality", self.quality, minimum=1, maximum=100)
-        for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths"):
+        for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths", "strip_metadata"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         _number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
@@ -347,7 +349,7 @@ def run(config: RestoreConfig) -> RunSummary:
                      model_version=model.model_version, overwrite=config.overwrite, settings=output_settings(
                          fit=config.fit, tile_overlap=config.tile_overlap, ext=config.ext, quality=config.quality,
                          save_intermediate=config.save_intermediate, precision=config.precision,
-                         transport=config.transport))
+                         transport=config.transport, strip_metadata=config.strip_metadata))
 
     manifest_dir = output.child(f"_ugpnet/manifest/{run_id}")
     if storage.list_files(manifest_dir):
@@ -504,7 +506,7 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
         quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport,
-        stages=config.stages)
+        stages=config.stages, strip_metadata=config.strip_metadata)
     # A block still failing after its retries is carried past, not the run's end: its rows get
     # their error rows afterwards (pipelines/restore_lost.py).
     context = ray.data.DataContext.get_current().copy()
@@ -647,9 +649,14 @@ def add_parsers(sub) -> None:
     arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
     arg("--cpus-per-task", type=float, help="CPUs reserved per decode/encode task (default: 0.5)")
     arg("--threads-per-actor", type=int, help="torch threads per CPU actor (default: ceil(cpus-per-actor))")
-    arg("--ext", choices=("png", "jpg", "jpeg", "webp"), help="output format (default: png)")
+    arg("--ext", choices=("png", "jpg", "jpeg", "webp", "tif", "tiff", "auto"),
+        help="output format; auto keeps each input's (bmp and gif become png); 16-bit inputs stay 16-bit in png "
+             "and tiff, jpg and webp hold 8 bits (default: png)")
     arg("--suffix", help="appended to each output stem (default: none)")
     arg("--quality", type=int, help="jpg/webp quality 1..100 (default: 95)")
+    arg("--strip-metadata", action="store_true", default=None,
+        help="write outputs without the input's ICC profile and EXIF (default: both kept, EXIF without its "
+             "orientation tag and with the output's size)")
     arg("--save-intermediate", action="store_true", default=None,
         help="also write _intermediate/restored/ and _intermediate/synthesized/")
     arg("--overwrite", action="store_true", default=None, help="redo inputs already done for this model version")

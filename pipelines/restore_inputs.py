@@ -238,12 +238,26 @@ def _common_directory(locations: list[storage.Location]) -> str:
 
 # ---------------------------------------------------------------- output keys and re-runs
 
+# What `--ext auto` writes for each input ending: its own format where the encoder writes it, PNG
+# (lossless, like the BMP or GIF it replaces) elsewhere. The input's spelling is kept (.jpeg, .tif).
+AUTO_EXTS = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
+AUTO_FALLBACK_EXT = "png"
+
+
+def output_ext(relative_key: str, ext: str) -> str:
+    """The output's extension: `ext`, or for `auto` the input's own (lower-cased) if writable."""
+    if ext != "auto":
+        return ext
+    own = posixpath.splitext(relative_key)[1].lower().lstrip(".")
+    return own if own in AUTO_EXTS else AUTO_FALLBACK_EXT
+
+
 def output_key(relative_key: str, *, ext: str, suffix: str) -> str:
-    """`a/b/c.jpg` → `a/b/c<suffix>.<ext>`, made safe (see storage.safe_relative_key)."""
+    """`a/b/c.jpg` → `a/b/c<suffix>.<ext>` (`auto`: see output_ext), made safe (storage.safe_relative_key)."""
     safe = storage.safe_relative_key(relative_key)
     directory, name = posixpath.split(safe)
     stem = posixpath.splitext(name)[0] if posixpath.splitext(name)[1] else name
-    return storage.safe_relative_key(posixpath.join(directory, f"{stem}{suffix}.{ext}"))
+    return storage.safe_relative_key(posixpath.join(directory, f"{stem}{suffix}.{output_ext(safe, ext)}"))
 
 
 def existing_outputs(output_root: storage.Location) -> tuple[set[str], dict[str, list[Marker]]]:

@@ -28,6 +28,7 @@ to measure against.
 """
 
 import json
+import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class StageSettings:
     save_intermediate: bool
     transport: str = "compact"  # one of TRANSPORTS
     stages: str = "fused"  # fused: the rows carry the canvas; split: its tiles (see the module docstring)
+    strip_metadata: bool = False  # True: outputs get no ICC profile and no EXIF
 
 
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
@@ -114,7 +116,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     empty_pixels = np.zeros((3, 0, 0) if column == "canvas" else (0, 3, settings.input_size, settings.input_size),
                             tile_dtype(settings.transport))
     out = {key: [] for key in (*rows[0].keys(), column, "alpha", "fit_plan", "width", "height", "source_format",
-                               "source_mode", "bytes_in", "read_ms", "decode_ms")}
+                               "source_mode", "bytes_in", "read_ms", "decode_ms", *METADATA_COLUMNS)}
     for index, row in enumerate(rows):
         pixels, alpha, plan, info = empty_pixels, np.zeros((0, 0), np.float32), "", {}
         if index in reads:
@@ -126,7 +128,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                 info["bytes_in"] = len(data)
                 started = time.perf_counter()
                 try:
-                    pixels, alpha, plan, decoded_info = _decode_and_fit(data, settings)
+                    pixels, alpha, plan, decoded_info = _decode_and_fit(data, settings, output_format(row))
                     info.update(decoded_info)
                 except Exception as err:  # every failure becomes this row's error, never the job's
                     stage = getattr(err, "stage", "decode")
@@ -145,7 +147,21 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
             out[key].append(str(info.get(key, "")))
         for key in ("read_ms", "decode_ms"):
             out[key].append(float(info.get(key, 0.0)))
+        out["out_bits"].append(int(info.get("out_bits", 8)))
+        for key in ("icc_profile", "exif"):
+            out[key].append(bytes(info.get(key, b"")))
     return out
+
+
+# What the read stage passes on to the encoder about each input besides its pixels: the output's bit
+# depth (16 for a 16-bit input written as PNG or TIFF), and the ICC profile and EXIF to embed.
+METADATA_COLUMNS = ("out_bits", "icc_profile", "exif")
+
+
+def output_format(row: dict) -> str:
+    """The format an input's output is written in: its output key's extension (restore_inputs.output_key
+    gives every key one), so `--ext auto` needs no column of its own."""
+    return posixpath.splitext(row["output_rel"])[1].lstrip(".").lower()
 
 
 def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str, str]:
@@ -170,17 +186,20 @@ def pixels_column(stages: str) -> str:
     return "canvas" if stages == "fused" else "tiles"
 
 
-def _decode_and_fit(data: bytes, settings: StageSettings):
+def _decode_and_fit(data: bytes, settings: StageSettings, out_format: str = "png"):
     """(pixels, alpha, plan JSON, info); pixels: the packed canvas (3,canvas_h,canvas_w) in fused
-    mode, its tiles (N,3,s,s) in split mode."""
+    mode, its tiles (N,3,s,s) in split mode. `out_format` (an output extension) decides out_bits."""
     import torch
 
     from ugpnet.fitting import cut_tiles, plan_fit, prepare_canvas
-    from ugpnet.images import decode_image
+    from ugpnet.images import DEEP_FORMATS, OUTPUT_FORMATS, decode_image
 
     decoded = decode_image(data, max_pixels=settings.max_pixels)
     info = {"width": decoded.width, "height": decoded.height, "source_format": decoded.source_format,
-            "source_mode": decoded.source_mode}
+            "source_mode": decoded.source_mode,
+            "out_bits": 16 if decoded.bit_depth == 16 and OUTPUT_FORMATS.get(out_format) in DEEP_FORMATS else 8}
+    if not settings.strip_metadata:
+        info["icc_profile"], info["exif"] = decoded.metadata.icc_profile, decoded.metadata.exif
     out_pixels = decoded.width * decoded.height * settings.scale ** 2
     if settings.max_output_pixels is not None and out_pixels > settings.max_output_pixels:
         raise _StageError("fit", f"output would be {decoded.width * settings.scale}x{decoded.height * settings.scale}"
@@ -218,6 +237,12 @@ def pack_tiles(tiles: np.ndarray, transport: str) -> np.ndarray:
 # float32 the blend is the fused path's, so both modes write the same bytes under both transports.
 # Fused mode ships assembled images instead (assembled_dtype).
 SPLIT_OUTPUT_DTYPE = np.float32
+
+
+# Fused mode under `compact` ships an image whose output is 16-bit (METADATA_COLUMNS' out_bits) as
+# its 16-bit levels in this column instead of "fused" (a column holds one dtype); the encoder takes
+# whichever of the two is not empty.
+DEEP_COLUMN = "fused16"
 
 
 def assembled_dtype(transport: str):
@@ -289,6 +314,9 @@ class ModelStage:
         return {"restoration": ("restored", "restoration_feature"),
                 "synthesis": ("synthesized", "synthesis_feature"), "fusion": ("fused",)}[self.module]
 
+    def _deep_outputs(self) -> tuple[str, ...]:
+        return (DEEP_COLUMN,) if self.module == "fused" else ()
+
     def _dropped(self) -> tuple[str, ...]:
         """Columns no later stage needs."""
         if self.module == "fused":
@@ -308,7 +336,7 @@ class ModelStage:
         statuses = list(batch["status"])
         pending = [i for i, status in enumerate(statuses) if status == PENDING]
         out_names = self._outputs()
-        per_row = {name: [None] * len(statuses) for name in out_names}
+        per_row = {name: [None] * len(statuses) for name in (*out_names, *self._deep_outputs())}
         model_ms = [float(x) for x in batch.get("model_ms", np.zeros(len(statuses)))]
         errors = list(batch["error"])
         failures = self._run_rows(batch, pending, per_row, model_ms)
@@ -318,6 +346,9 @@ class ModelStage:
         for name in out_names:
             dtype = assembled_dtype(self.transport) if self.module == "fused" else SPLIT_OUTPUT_DTYPE
             empty = np.zeros(self._empty_shape(name), dtype)
+            out[name] = [value if value is not None else empty for value in per_row[name]]
+        for name in self._deep_outputs():
+            empty = np.zeros(self._empty_image, np.uint16)
             out[name] = [value if value is not None else empty for value in per_row[name]]
         out["status"], out["error"], out["model_ms"] = statuses, errors, model_ms
         return out
@@ -360,6 +391,8 @@ class ModelStage:
 
         out_names = self._outputs()
         plans = {i: FitPlan.from_json(batch["fit_plan"][i]) for i in rows}
+        bits = batch.get("out_bits")  # absent: every output is 8-bit
+        deep = {i for i in rows if bits is not None and int(bits[i]) == 16}
         started = time.perf_counter()
         fault_hooks.before_model([batch["input_uri"][i] for i in rows])
         canvases, assemblers, finished = {}, {}, {}
@@ -378,23 +411,26 @@ class ModelStage:
                         assembler.add(torch.from_numpy(output[offset:offset + count]))
                     offset += count
                     if first + count == plans[i].num_tiles:
-                        finished[i] = [self._finished(assembler) for assembler in assemblers.pop(i)]
+                        finished[i] = [self._finished(assembler, deep=name == "fused" and i in deep)
+                                       for name, assembler in zip(out_names, assemblers.pop(i), strict=True)]
                         del canvases[i]
         elapsed_ms = (time.perf_counter() - started) * 1000
         total = max(1, sum(plan.num_tiles for plan in plans.values()))
         for i in rows:
             model_ms[i] += elapsed_ms * plans[i].num_tiles / total
             for name, image in zip(out_names, finished[i], strict=True):
-                per_row[name][i] = image
+                per_row[DEEP_COLUMN if image.dtype == np.uint16 else name][i] = image
 
-    def _finished(self, assembler) -> np.ndarray:
+    def _finished(self, assembler, deep: bool) -> np.ndarray:
         """An image's blended output (3,H*k,W*k) in the dtype assembled images travel in (every
-        output column alike: only the encoder reads them)."""
-        from ugpnet.images import quantize_to_uint8
+        output column alike: only the encoder reads them); `deep`: a 16-bit output, whose 16-bit
+        levels travel under `compact` (DEEP_COLUMN)."""
+        from ugpnet.images import quantize_to_uint8, quantize_to_uint16
 
         image = assembler.result()[0].numpy()
         if assembled_dtype(self.transport) == np.uint8:
-            return quantize_to_uint8(image)  # elementwise: the (3,H,W) layout is kept
+            # elementwise: the (3,H,W) layout is kept
+            return quantize_to_uint16(image) if deep else quantize_to_uint8(image)
         return np.ascontiguousarray(image)
 
     def _run_tile_sets(self, batch: dict, rows: list[int], per_row: dict, model_ms: list[float]) -> None:
@@ -532,7 +568,7 @@ def _output_rgb(array, plan) -> np.ndarray:
 
     from ugpnet.fitting import assemble
 
-    if np.asarray(array).dtype == np.uint8:
+    if np.asarray(array).dtype in (np.uint8, np.uint16):
         return np.asarray(array).transpose(1, 2, 0)
     # np.array copies: Arrow-backed buffers are read-only and torch warns on them.
     values = torch.from_numpy(np.array(array, dtype=np.float32))
@@ -540,9 +576,17 @@ def _output_rgb(array, plan) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
+def _output_pixels(batch: dict, column: str, index: int):
+    """A row's image in `column`, or for the fused output its 16-bit levels when they travelled apart."""
+    if column == "fused" and DEEP_COLUMN in batch and np.asarray(batch[DEEP_COLUMN][index]).size:
+        return batch[DEEP_COLUMN][index]
+    return batch[column][index]
+
+
 def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Location,
                           settings: StageSettings) -> dict:
     from ugpnet.fitting import FitPlan
+    from ugpnet.image_metadata import ImageMetadata
     from ugpnet.images import encode_image, resize_alpha
 
     started = time.perf_counter()
@@ -553,13 +597,16 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
     try:
         plan = FitPlan.from_json(row["fit_plan"])
         alpha = np.asarray(batch["alpha"][index])
+        metadata = ImageMetadata(icc_profile=row.get("icc_profile") or b"", exif=row.get("exif") or b"")
         encoded = {}
         for location, column in files.items():
-            rgb = _output_rgb(batch[column][index], plan)
+            main = column == "fused"  # intermediates are 8-bit previews, whatever the input's depth
+            rgb = _output_rgb(_output_pixels(batch, column, index), plan)
             if alpha.size and alpha.shape != rgb.shape[:2]:
                 alpha = resize_alpha(alpha, rgb.shape[1], rgb.shape[0])
-            encoded[location] = encode_image(rgb, alpha=alpha if alpha.size else None, fmt=settings.ext,
-                                             quality=settings.quality)
+            encoded[location] = encode_image(rgb, alpha=alpha if alpha.size else None, fmt=output_format(row),
+                                             quality=settings.quality, metadata=metadata,
+                                             bit_depth=int(row.get("out_bits") or 8) if main else 8)
         out_height, out_width = rgb.shape[:2]
     except Exception as err:
         raise _StageError("encode", _reason(err), {"encode_ms": (time.perf_counter() - started) * 1000}) from err
@@ -593,7 +640,8 @@ def _rows(batch: dict) -> list[dict]:
     return [{name: _plain(batch[name][i]) for name in names} for i in range(count)]
 
 
-_HEAVY = {"canvas", "tiles", "restored", "synthesized", "fused", "restoration_feature", "synthesis_feature"}
+_HEAVY = {"canvas", "tiles", "restored", "synthesized", "fused", DEEP_COLUMN, "restoration_feature",
+          "synthesis_feature"}
 
 
 def _plain(value):

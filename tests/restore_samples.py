@@ -4,6 +4,7 @@ Everything is made here with Pillow or by hand (16-bit PNG, a PNG header that cl
 no test data is committed. Each valid sample knows its upright size and whether it has alpha.
 """
 
+import functools
 import io
 import struct
 import zlib
@@ -58,8 +59,10 @@ def png16_rgb(width: int, height: int) -> bytes:
     return _png(width, height, 16, 2, zlib.compress(rows))
 
 
+@functools.cache
 def srgb_profile() -> bytes:
-    """A real RGB ICC profile (Pillow's littleCMS builds sRGB), as archive scans carry."""
+    """A real RGB ICC profile (Pillow's littleCMS builds sRGB), as archive scans carry; built once,
+    since its header holds the second it was made in."""
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
