@@ -14,12 +14,12 @@ from mlflow_service import mlflow_server
 import ugpnet
 from pipelines.cli import main as cli_main
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 pytest_plugins = ["services"]
 
 NAME = "ugpnet-evaluated-denoise"
-# Recorded at "training": far above anything the tiny random model reaches, so a gate that passed on it
-# while an evaluation exists would show that promote read the wrong run.
+# Recorded at "training" under the evaluation's own name, far above anything the tiny random model
+# reaches: a gate that passed on it once an evaluation exists would show that promote read the wrong run.
+# (Training itself records validation means as val_<output>_psnr.)
 TRAINING_PSNR_FUSED = 99.0
 
 
@@ -40,7 +40,7 @@ def registered_version(tracking, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("bundle") / "tiny"
     ugpnet.save(ugpnet.build("tiny_denoise", seed=4), bundle)
     config = json.loads((bundle / "ugpnet.json").read_text())
-    config["metrics"] = {"psnr_fused": TRAINING_PSNR_FUSED, "val_psnr_fused": 27.5}
+    config["metrics"] = {"psnr_fused": TRAINING_PSNR_FUSED, "val_fused_psnr": 27.5}
     (bundle / "ugpnet.json").write_text(json.dumps(config))
     assert cli_main(["models", "register-bundle", str(bundle), "--name", NAME]) == 0
     return mlflow.MlflowClient().get_model_version(NAME, "1")
@@ -52,6 +52,20 @@ def promote(capsys, requirement: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+def test_summary_metric_names_per_strength_and_mean_over_strengths():
+    from pipelines.evaluate_tracking import summary_metrics
+
+    table = [{"strength": 15.0, "output": "fused", "psnr": 30.0, "ssim": 0.9},
+             {"strength": 25.0, "output": "fused", "psnr": 26.0, "ssim": None},  # no ok image: no value
+             {"strength": 15.0, "output": "opencv nlm", "psnr": 29.0, "ssim": 0.8},  # a baseline: report only
+             {"strength": 2.5, "output": "input", "psnr": 20.0, "ssim": 0.5}]
+    assert summary_metrics(table, ["psnr", "ssim"]) == {
+        "psnr_fused_s15": 30.0, "psnr_fused_s25": 26.0, "psnr_fused": 28.0, "ssim_fused_s15": 0.9,
+        "ssim_fused": 0.9, "psnr_input_s2.5": 20.0, "psnr_input": 20.0, "ssim_input_s2.5": 0.5, "ssim_input": 0.5}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
 @pytest.mark.usefixtures("ray_session")
 def test_evaluation_is_linked_to_the_version_and_gates_its_promotion(registered_version, tmp_path, capsys):
     from pipelines.registry import logged_model_id
@@ -118,5 +132,10 @@ def test_evaluation_is_linked_to_the_version_and_gates_its_promotion(registered_
         client.get_model_version_by_alias(NAME, "champion")
 
     # A metric only training recorded still comes from the training run.
-    code, said = promote(capsys, "val_psnr_fused>=20")
-    assert code == 0 and f"val_psnr_fused = 27.5 (training run {training_run})" in said, said
+    code, said = promote(capsys, "val_fused_psnr>=20")
+    assert code == 0 and f"val_fused_psnr = 27.5 (training run {training_run})" in said, said
+
+    # A deleted evaluation run no longer counts: the gate is back on the training run's value.
+    client.delete_run(evaluation_run)
+    code, said = promote(capsys, "psnr_fused>=50")
+    assert code == 0 and f"psnr_fused = 99 (training run {training_run})" in said, said
