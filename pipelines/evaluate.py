@@ -4,6 +4,7 @@ degradation at one or more strengths, and write a report.
     list clean images (driver) → read → decode → crop → degrade per strength     CPU tasks
                                → model (restored, synthesized, fused) + metrics   actor pool (GPU when present)
     metric rows → <report>/per_image.parquet, summary.json, report.html, grids/   driver
+    registered model (models:/…) → an MLflow run linked to that version           driver (pipelines.evaluate_tracking)
 
 Each image's degraded input depends only on `seed` and the image's key, so two runs (or two models)
 see the same inputs. Metrics per output (the input itself — bicubic-enlarged for SR —, restored,
@@ -432,6 +433,8 @@ def _finish(table, config, model, report, run_id, images, started,
         table=aggregate, comparisons=comparisons)
     record = {**asdict(summary), **context, "finished_at": datetime.now(UTC).isoformat(),
               "config": config.public_dict()}
+    # Written before (and logged as an artifact of) the MLflow run, which finds it by its tag ugpnet.evaluate_run.
+    record.pop("mlflow_run_id")
     storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=str).encode())
     print(evaluate_report.text_table(aggregate, metrics, STRENGTH_LABELS[config.task]), flush=True)
     print(f"evaluate {run_id}: {ok} of {len(fused_rows)} image×strength evaluated ({summary.errors} errors) in "
