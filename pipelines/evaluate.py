@@ -4,6 +4,7 @@ degradation at one or more strengths, and write a report.
     list clean images (driver) → read → decode → crop → degrade per strength     CPU tasks
                                → model (restored, synthesized, fused) + metrics   actor pool (GPU when present)
     metric rows → <report>/per_image.parquet, summary.json, report.html, grids/   driver
+    registered model (models:/…) → an MLflow run linked to that version           driver (pipelines.evaluate_tracking)
 
 Each image's degraded input depends only on `seed` and the image's key, so two runs (or two models)
 see the same inputs. Metrics per output (the input itself — bicubic-enlarged for SR —, restored,
@@ -32,6 +33,7 @@ from datetime import UTC, datetime
 
 from pipelines import storage
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
+from pipelines.evaluate_tracking import DEFAULT_EXPERIMENT
 from pipelines.restore import (
     DEFAULT_EXTENSIONS,
     PRECISIONS,
@@ -79,6 +81,8 @@ class EvaluateConfig:
     max_pixels: int = 100_000_000               # larger clean images become error rows
     allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
     baselines: bool | None = None               # classical baselines beside the model; None: when installed
+    tracking_uri: str | None = None             # models:/ refs: MLflow; default $MLFLOW_TRACKING_URI, else sqlite
+    experiment: str = DEFAULT_EXPERIMENT        # MLflow experiment of the run logged for a registered version
 
     def validate(self) -> "EvaluateConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -120,6 +124,10 @@ class EvaluateConfig:
         for name in ("vgg16", "lpips_heads"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"must be a file path, got {getattr(self, name)!r}")
+        for name in ("tracking_uri", "experiment"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(name, f"must be a non-empty string, got {value!r}")
         self.baselines = self._baselines()
         return self
 
@@ -224,6 +232,7 @@ class EvaluateSummary:
     summary_path: str
     table: list               # one entry per (strength, output): means over the ok images
     comparisons: list         # per strength: what each module adds (see evaluate_report.compare)
+    mlflow_run_id: str | None = None  # the MLflow run linked to the registered version (models:/ refs only)
 
     @property
     def exit_status(self) -> int:
@@ -251,6 +260,10 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
         storage.disjoint_roots(report, "report", {"data": source})
     except storage.StorageError as err:
         raise ConfigError("report", str(err)) from err
+    if config.model.strip().startswith("models:/"):
+        from pipelines.tracking import use_tracking
+
+        use_tracking(config.tracking_uri)  # the registry the model comes from is where its evaluation goes
     try:
         model = resolve_model(config.model)
     except ModelRefError as err:
@@ -277,7 +290,21 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
              "error": item.error, "grid": index < config.grid_images} for index, item in enumerate(items)]
 
     table = _execute(rows, config, model, report, s3, run_id)
-    return _finish(table, config, model, report, run_id, len(rows), started, started_at)
+    summary, context = _finish(table, config, model, report, run_id, len(rows), started, started_at)
+    if model.registry_version and summary.ok:
+        summary.mlflow_run_id = _log_to_registry(summary, context, config, model, report, rows)
+    return summary
+
+
+def _log_to_registry(summary, context, config, model, report, rows) -> str:
+    from pipelines.evaluate_tracking import log_evaluation
+
+    mlflow_run_id = log_evaluation(registry_version=model.registry_version, experiment=config.experiment,
+                                   summary=summary, context=context, metrics=context["metrics"], report=report,
+                                   images=[row["image"] for row in rows])
+    print(f"evaluate {summary.run_id}: logged as MLflow run {mlflow_run_id}, linked to {model.registry_version}",
+          flush=True)
+    return mlflow_run_id
 
 
 def _report_root(uri: str, s3: storage.StorageSpec) -> storage.Location:
@@ -362,7 +389,9 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
             ray.shutdown()
 
 
-def _finish(table, config, model, report, run_id, images, started, started_at) -> EvaluateSummary:
+def _finish(table, config, model, report, run_id, images, started,
+            started_at) -> tuple[EvaluateSummary, dict]:
+    """Writes per_image.parquet, report.html and summary.json; returns the summary and the report's context."""
     import io
 
     import pyarrow.parquet as pq
@@ -404,11 +433,13 @@ def _finish(table, config, model, report, run_id, images, started, started_at) -
         table=aggregate, comparisons=comparisons)
     record = {**asdict(summary), **context, "finished_at": datetime.now(UTC).isoformat(),
               "config": config.public_dict()}
+    # Written before (and logged as an artifact of) the MLflow run, which finds it by its tag ugpnet.evaluate_run.
+    record.pop("mlflow_run_id")
     storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=str).encode())
     print(evaluate_report.text_table(aggregate, metrics, STRENGTH_LABELS[config.task]), flush=True)
     print(f"evaluate {run_id}: {ok} of {len(fused_rows)} image×strength evaluated ({summary.errors} errors) in "
           f"{duration:.1f} s; report {summary.report}", flush=True)
-    return summary
+    return summary, context
 
 
 # ---------------------------------------------------------------- CLI
@@ -445,6 +476,9 @@ def add_parsers(sub) -> None:
              "installed (pip install 'ugpnet[baselines]'); --baselines requires them, --no-baselines skips them")
     arg("--allow-local-manifest-paths", action="store_true", default=None,
         help="let a manifest read from S3 name local files (default: such entries are error rows)")
+    arg("--tracking-uri", help="MLflow tracking URI for models:/ references, where the evaluation run is logged "
+                               "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    arg("--experiment", help=f"MLflow experiment of that run (default: {DEFAULT_EXPERIMENT})")
     parser.set_defaults(handler=handle)
 
 

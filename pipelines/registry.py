@@ -1,6 +1,10 @@
 """MLflow model registry: log a bundle as a pyfunc model, register it, resolve `models:/` refs,
 list models, and promote a version to an alias behind a metric gate.
 
+The gate reads a version's evaluation first: the latest `ugpnet evaluate` run whose metrics are linked
+to the version's logged model (pipelines.evaluate_tracking); a metric that run lacks, or every metric
+when the version was never evaluated, comes from the training run that logged the version.
+
 Registered models are named `ugpnet-<task>` unless the user names them; aliases `candidate`
 (set by training) and `champion` (set by an explicit, gated promotion) follow MLflow's conventions.
 """
@@ -11,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,10 @@ CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet
 # Written last into a finished download: a cache folder without it (a download killed half way, or one
 # made before this marker existed) is fetched again, never trusted.
 COMPLETE_MARKER = ".ugpnet-download-complete"
+# Tag of the runs `ugpnet evaluate` logs for a registered version; the gate looks for it.
+EVALUATION_TAG = "ugpnet.kind"
+EVALUATION_KIND = "evaluation"
+LOGGED_MODEL_SOURCE = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)$")
 REF_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -169,22 +178,77 @@ REQUIREMENT = re.compile(r"^\s*(?P<metric>[\w./-]+)\s*(?P<op>>=|<=|>|<|==)\s*(?P
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
 
-def promote(name: str, version: str, alias: str, requirements: list[str]) -> None:
-    """Point `alias` at `version` if every `metric OP value` holds for the metrics of its run."""
+@dataclass(frozen=True)
+class GateMetric:
+    value: float
+    source: str  # "evaluation" or "training": the kind of run it was recorded in
+    run_id: str
+
+    def describe(self, metric: str) -> str:
+        return f"{metric} = {self.value:.4g} ({self.source} run {self.run_id})"
+
+
+def promote(name: str, version: str, alias: str, requirements: list[str]) -> list[str]:
+    """Point `alias` at `version` if every `metric OP value` holds; returns one line per requirement
+    saying which value, from which run, met it. Raises ValueError (nothing changed) otherwise."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    mv = client.get_model_version(name, version)
-    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    metrics = gate_metrics(client, client.get_model_version(name, version))
+    checked = []
     for requirement in requirements:
         match = REQUIREMENT.match(requirement)
         if not match:
             raise ValueError(f"--require {requirement!r}: expected METRIC>=VALUE (or <=, >, <, ==)")
         metric, op, bar = match["metric"], match["op"], float(match["value"])
         if metric not in metrics:
-            raise ValueError(f"{name} version {version} has no recorded metric {metric!r} "
-                             f"(recorded: {', '.join(sorted(metrics)) or 'none'})")
-        if not OPERATORS[op](metrics[metric], bar):
+            raise ValueError(f"{name} version {version} has no recorded metric {metric!r} in its evaluation "
+                             f"or training runs (recorded: {', '.join(sorted(metrics)) or 'none'})")
+        if not OPERATORS[op](metrics[metric].value, bar):
             raise ValueError(f"refusing to promote {name} version {version} to {alias!r}: "
-                             f"{metric} = {metrics[metric]:.4g} does not satisfy {op} {bar:g}")
+                             f"{metrics[metric].describe(metric)} does not satisfy {op} {bar:g}")
+        checked.append(f"{metrics[metric].describe(metric)} satisfies {op} {bar:g}")
     client.set_registered_model_alias(name, alias, version)
+    return checked
+
+
+def gate_metrics(client, mv) -> dict[str, GateMetric]:
+    """The metrics a gate reads for model version `mv`: its training run's, overridden by those of
+    its latest evaluation (test-split measurements beat training's validation crops)."""
+    training = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    metrics = {key: GateMetric(value, "training", mv.run_id) for key, value in training.items()}
+    evaluation = latest_evaluation(client, mv)
+    if evaluation is not None:
+        run_id, evaluated = evaluation
+        metrics.update({key: GateMetric(value, "evaluation", run_id) for key, value in evaluated.items()})
+    return metrics
+
+
+def logged_model_id(mv) -> str | None:
+    """The id of the logged model behind a model version. MLflow 3.17 leaves `model_id` empty on
+    versions that `register_model("models:/<model id>")` created; their source still names it."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    match = LOGGED_MODEL_SOURCE.match(mv.source or "")
+    return match["model_id"] if match else None
+
+
+def latest_evaluation(client, mv) -> tuple[str, dict[str, float]] | None:
+    """(run id, metrics) of the newest live evaluation run linked to the version's logged model, or
+    None. Only metrics linked to this model count: a run may have measured several models."""
+    model_id = logged_model_id(mv)
+    if model_id is None:  # registered without a logged model: nothing can be linked
+        return None
+    linked = defaultdict(dict)  # run id → metric → (timestamp, value)
+    for metric in client.get_logged_model(model_id).metrics or []:
+        if metric.run_id and metric.run_id != mv.run_id:
+            previous = linked[metric.run_id].get(metric.key)
+            if previous is None or metric.timestamp >= previous[0]:
+                linked[metric.run_id][metric.key] = (metric.timestamp, metric.value)
+    runs = [client.get_run(run_id) for run_id in linked]
+    evaluations = [run for run in runs if run.data.tags.get(EVALUATION_TAG) == EVALUATION_KIND
+                   and run.info.lifecycle_stage == "active"]
+    if not evaluations:
+        return None
+    newest = max(evaluations, key=lambda run: run.info.start_time)
+    return newest.info.run_id, {key: value for key, (_, value) in linked[newest.info.run_id].items()}

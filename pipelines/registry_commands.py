@@ -24,7 +24,8 @@ def add_parsers(sub) -> None:
     promote.add_argument("--version", required=True)
     promote.add_argument("--alias", default="champion")
     promote.add_argument("--require", action="append", default=[], metavar="METRIC>=VALUE",
-                         help="refuse unless the version's run recorded a metric meeting this bar (repeatable)")
+                         help="refuse unless the version's metric meets this bar (repeatable); read from its "
+                              "latest ugpnet evaluate run when it has one, else from its training run")
     promote.set_defaults(handler=run_promote)
 
 
@@ -62,6 +63,7 @@ def run_promote(args) -> int:
     from pipelines import registry
 
     use_tracking(args.tracking_uri)
-    registry.promote(args.name, args.version, args.alias, args.require)
+    for line in registry.promote(args.name, args.version, args.alias, args.require):
+        print(line)
     print(f"{args.name}@{args.alias} -> version {args.version}")
     return 0
