@@ -23,8 +23,9 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 BUNDLE_ARTIFACT = "bundle"
 # Explicit requirements: inferred ones would pin the local CPU build of torch that no registry serves.
 PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "mlflow>=3.0"]
-# UGPNet.restore's own default fit policy; the params schema's default, so no params means the same as restore().
-PYFUNC_DEFAULT_FIT = "resize"
+# The pyfunc model's inference params and their defaults (the params schema's): fit is UGPNet.restore's
+# own default policy, so no params means the same as restore(); precision as `ugpnet restore --precision`.
+PYFUNC_PARAM_DEFAULTS = {"fit": "resize", "precision": "fp32", "strip_metadata": False}
 CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
 # Written last into a finished download: a cache folder without it (a download killed half way, or one
 # made before this marker existed) is fetched again, never trusted.
@@ -50,14 +51,17 @@ def registered_name(task: str, name: str | None = None) -> str:
 
 def pyfunc_signature():
     """The pyfunc contract: encoded image bytes in; PNG bytes, size and a per-row error out; the fit
-    policy as an inference param. Without a params schema MLflow drops `params` at predict time."""
+    policy, precision and strip_metadata as inference params. Without a params schema MLflow drops
+    `params` at predict time."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("binary", "image")])
     outputs = Schema([ColSpec("binary", "image"), ColSpec("long", "width"), ColSpec("long", "height"),
                       ColSpec("string", "error")])
-    params = ParamSchema([ParamSpec("fit", "string", PYFUNC_DEFAULT_FIT)])
+    params = ParamSchema([ParamSpec("fit", "string", PYFUNC_PARAM_DEFAULTS["fit"]),
+                          ParamSpec("precision", "string", PYFUNC_PARAM_DEFAULTS["precision"]),
+                          ParamSpec("strip_metadata", "boolean", PYFUNC_PARAM_DEFAULTS["strip_metadata"])])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
