@@ -104,6 +104,13 @@ NOISY_DRIVER = textwrap.dedent("""
             raise ValueError("inner")
         except ValueError:
             traceback.print_exc()
+        try:
+            try:
+                raise KeyError("cause")
+            except KeyError as cause:
+                raise RuntimeError("outer") from cause
+        except RuntimeError as err:  # as cli.main prints an unexpected failure: one write
+            print("".join(traceback.format_exception(err)), file=sys.stderr, end="")
         sys.stdout.write("no newline at the end")
 """)
 
@@ -124,8 +131,10 @@ def test_every_way_of_printing_becomes_one_json_line():
     assert "native stdout" in [r["message"] for r in out]
     assert by_message["a library warning"]["logger"] == "mlflow"
     assert any("deprecated thing" in r["message"] and r["logger"] == "py.warnings" for r in err)
-    [traceback_record] = [r for r in err if r["message"].startswith("Traceback")]
-    assert traceback_record["level"] == "ERROR" and traceback_record["message"].endswith("ValueError: inner")
+    printed, written = [r for r in err if r["message"].startswith("Traceback")]
+    assert printed["level"] == "ERROR" and printed["message"].endswith("ValueError: inner")
+    assert written["level"] == "ERROR" and "KeyError: 'cause'" in written["message"]
+    assert written["message"].endswith("RuntimeError: outer")
     assert out[-1]["message"] == "no newline at the end"
 
 
