@@ -31,7 +31,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 
-from pipelines import storage
+from pipelines import logs, storage
 from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping, plain_name
 
 EXIT_RUN_FAILED = 1
@@ -144,14 +144,19 @@ class ArchiveSummary:
     restore_exit_status: int = 0
     duration_s: float = 0.0
     message: str = ""
+    stages: dict = field(default_factory=dict)  # the restore run's per-stage figures (restore_throughput)
 
     def line(self) -> str:
+        from pipelines.restore_throughput import stages_line
+
         if not self.committed:
             return f"archive {self.run_id}: {self.message or 'nothing committed'}"
-        return (f"archive {self.run_id}: committed version {self.version}: listed {self.listed}, new {self.new}, "
-                f"changed {self.changed}, reprocess {self.reprocess}, deleted {self.deleted}, unchanged "
-                f"{self.unchanged}; processed {self.selected} ({self.ok} ok, {self.errors} error, {self.reused} "
-                f"reused), deferred {self.deferred}; {self.duration_s:.1f} s")
+        counts = (f"archive {self.run_id}: committed version {self.version}: listed {self.listed}, new {self.new}, "
+                  f"changed {self.changed}, reprocess {self.reprocess}, deleted {self.deleted}, unchanged "
+                  f"{self.unchanged}; processed {self.selected} ({self.ok} ok, {self.errors} error, {self.reused} "
+                  f"reused), deferred {self.deferred}; {self.duration_s:.1f} s")
+        stages = stages_line(self.stages)
+        return f"{counts}\n  {stages}" if stages else counts
 
 
 def _checkpoint(name: str, hook) -> None:
@@ -183,6 +188,7 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
     started = time.perf_counter()
     config.validate()
     run_id = config.run_id or f"archive-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    logs.bind(run_id=run_id)
     s3 = storage.s3_spec_from_env()
     source, dest, state_root = (storage.resolve(getattr(config, n), s3) for n in ("source", "dest", "state"))
     _check_reachable(source, dest)
@@ -212,7 +218,7 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
             raise
         raise LeaseLost(f"{lease.lost}; the run stopped early") from None
     summary.duration_s = round(time.perf_counter() - started, 3)
-    print(summary.line(), flush=True)
+    logs.emit(summary.line(), summary=asdict(summary))
     return summary
 
 
@@ -245,7 +251,7 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
             archive_plan.prepare_outputs(plan, store, base_version, model.model_version, restore_config, run_id)
             _checkpoint("invalidated", hook)
             lease.renew()
-            outcomes, summary.restore_exit_status = _process(restore_config, model, plan)
+            outcomes, summary.restore_exit_status, summary.stages = _process(restore_config, model, plan)
         _checkpoint("processed", hook)
         if not plan.selected and not summary.deleted:
             summary.message = f"nothing new or changed under {source.uri} (version {base_version} stays)"
@@ -264,8 +270,9 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
     return summary
 
 
-def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict], int]:
-    """Run the restore flow on the plan; returns {input uri: manifest row} and restore's exit status."""
+def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict], int, dict]:
+    """Run the restore flow on the plan; returns {input uri: manifest row}, restore's exit status and
+    its per-stage figures."""
     import pyarrow.dataset as pads
 
     from pipelines import restore
@@ -282,7 +289,7 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
     if missing or len(outcomes) != table.num_rows:
         raise RuntimeError(f"the restore manifest {result.manifest} lacks {len(missing)} planned inputs "
                            f"(e.g. {missing[:3]}) or repeats some: not committing")
-    return outcomes, result.exit_status
+    return outcomes, result.exit_status, result.stages
 
 
 # ---------------------------------------------------------------- CLI

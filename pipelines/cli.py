@@ -5,17 +5,28 @@ and config validation stay fast.
 """
 
 import argparse
+import logging
 import sys
 import traceback
 
-from pipelines import archive, data_prepare, demo, evaluate, model_commands, registry_commands, restore, train
+from pipelines import archive, data_prepare, demo, evaluate, logs, model_commands, registry_commands, restore, train
 from pipelines.redaction import redact
 
 VERB_MODULES = [model_commands, registry_commands, restore, archive, train, evaluate, demo, data_prepare]
 
 
+class VerbParser(argparse.ArgumentParser):
+    """Every parser of the CLI: the top-level one and, as argparse makes sub-parsers of their parent's
+    class, every verb's. So the options common to all verbs are defined here, once, and may be given
+    before or after the verb."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        logs.add_option(self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ugpnet", description="UGPNet image restoration at archive scale")
+    parser = VerbParser(prog="ugpnet", description="UGPNet image restoration at archive scale")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in VERB_MODULES:
         module.add_parsers(sub)
@@ -27,12 +38,25 @@ class CommandError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The format is known before the full parse, so that a usage error is a JSON line too.
+    with logs.driver_output(logs.requested_format(argv)):
+        args = build_parser().parse_args(argv)
+        logs.bind(verb=verb_of(args))
+        return run_verb(args)
+
+
+def verb_of(args) -> str:
+    """The verb as typed: `restore`, `models promote`, `data prepare`."""
+    actions = [value for name, value in sorted(vars(args).items()) if name.endswith("_verb") and value]
+    return " ".join([args.verb, *actions])
+
+
+def run_verb(args) -> int:
     try:
         return int(args.handler(args) or 0)
     except (CommandError, ValueError, FileNotFoundError) as exc:
-        print(f"ugpnet {args.verb}: error: {redact(str(exc))}", file=sys.stderr)
+        logs.emit(f"ugpnet {args.verb}: error: {redact(str(exc))}", level=logging.ERROR, stream="stderr")
         return 2
     except Exception as exc:  # unexpected: the traceback, as Python prints it, minus credentials
         # (MLflow, for one, quotes the whole tracking URI, `https://user:token@host`, in its errors).

@@ -16,6 +16,8 @@ import os
 import uuid
 from dataclasses import dataclass
 
+from pipelines import logs
+
 PROBE_PREFIX = ".ugpnet-node-probe-"
 LISTING_SAMPLE = 64          # folder entries compared (sorted): enough to tell two disks apart
 PROBE_TIMEOUT_S = 120.0
@@ -111,7 +113,7 @@ def check_on_named_cluster(paths: list[LocalPath]) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init()
+        logs.init_ray()
     check_local_paths(paths)
 
 

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
-from pipelines import storage
+from pipelines import logs, storage
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
 from pipelines.evaluate_tracking import DEFAULT_EXPERIMENT
 from pipelines.restore import (
@@ -250,6 +250,7 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
     started, started_at = time.perf_counter(), datetime.now(UTC)
     config.validate()
     run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    logs.bind(run_id=run_id)
     s3 = storage.s3_spec_from_env()
     report = _report_root(config.report, s3)
     try:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines import storage
+from pipelines import logs, storage
 from pipelines.done_markers import output_settings
 from pipelines.error_kinds import is_input_error
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
@@ -291,6 +291,7 @@ class RunSummary:
     model: dict
     stage_ms: dict = field(default_factory=dict)  # summed per-input milliseconds per stage
     error_kinds: dict = field(default_factory=dict)  # errors per kind (pipelines.error_kinds)
+    stages: dict = field(default_factory=dict)  # per stage: time_s, images, images_per_s (restore_throughput)
 
     @property
     def failure(self) -> str:
@@ -309,9 +310,14 @@ class RunSummary:
         return EXIT_ERROR_RATE if self.failure else 0
 
     def line(self) -> str:
-        return (f"restore {self.run_id}: {self.ok} ok, {self.errors} error, {self.skipped} skipped of {self.total} "
-                f"inputs in {self.duration_s:.1f} s ({self.images_per_s:.2f} images/s); "
-                f"model {self.model.get('version')}; manifest {self.manifest}")
+        """The text summary: the counts, then (when any stage ran) the per-stage figures, indented."""
+        from pipelines.restore_throughput import stages_line
+
+        counts = (f"restore {self.run_id}: {self.ok} ok, {self.errors} error, {self.skipped} skipped of {self.total} "
+                  f"inputs in {self.duration_s:.1f} s ({self.images_per_s:.2f} images/s); "
+                  f"model {self.model.get('version')}; manifest {self.manifest}")
+        stages = stages_line(self.stages)
+        return f"{counts}\n  {stages}" if stages else counts
 
 
 # ---------------------------------------------------------------- the run
@@ -321,11 +327,13 @@ def run(config: RestoreConfig) -> RunSummary:
     from pipelines.model_refs import ModelRefError, load_payload, resolve_model
     from pipelines.restore_inputs import InputError, list_inputs, plan_rows
     from pipelines.restore_lost import record_lost_rows
+    from pipelines.restore_throughput import stage_figures
 
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     config.validate()
     run_id = config.run_id or f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    logs.bind(run_id=run_id)
     s3 = storage.s3_spec_from_env()
     source = _location("input", config.input, s3)
     output = _location("output", config.output, s3)
@@ -369,7 +377,7 @@ def run(config: RestoreConfig) -> RunSummary:
         finally:
             if started_ray:
                 ray.shutdown()
-    counts, stage_ms, error_kinds = _read_back(manifest_dir) if rows else ({}, {}, {})
+    counts, stage_ms, stage_images, error_kinds = _read_back(manifest_dir) if rows else ({}, {}, {}, {})
     if sum(counts.values()) != len(rows):
         raise RuntimeError(f"the manifest holds {sum(counts.values())} rows for {len(rows)} inputs")
     duration = time.perf_counter() - started
@@ -379,12 +387,13 @@ def run(config: RestoreConfig) -> RunSummary:
         duration_s=round(duration, 3), images_per_s=round(ok / duration, 4) if duration > 0 else 0.0,
         error_rate=round(errors / (ok + errors), 6) if ok + errors else 0.0, max_error_rate=config.max_error_rate,
         output=output.uri, manifest=manifest_dir.uri, summary_path=output.child(f"_ugpnet/runs/{run_id}.json").uri,
-        model=model.describe(), stage_ms=stage_ms, error_kinds=error_kinds)
+        model=model.describe(), stage_ms=stage_ms, error_kinds=error_kinds,
+        stages=stage_figures(stage_ms, stage_images))
     record = {**asdict(summary), "started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
               "exit_status": summary.exit_status, "failure": summary.failure, "config": config.public_dict(),
               "error_rate_definition": "errors / (ok + errors)"}
     storage.write_bytes(output.child(f"_ugpnet/runs/{run_id}.json"), json.dumps(record, indent=2).encode())
-    print(summary.line(), flush=True)
+    logs.emit(summary.line(), summary=asdict(summary))
     return summary
 
 
@@ -446,9 +455,9 @@ def _ensure_ray() -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        logs.init_ray()
     else:
-        ray.init(include_dashboard=False)
+        logs.init_ray(include_dashboard=False)
     return True
 
 
@@ -610,9 +619,10 @@ def execution_settings(config, planned_images: int):
                              planned_images=max(1, planned_images))
 
 
-def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
-    """Counts per status, summed stage times and errors per kind: the only things the driver reads of
-    the results."""
+def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int],
+                                                       dict[str, int]]:
+    """Counts per status, summed stage times, inputs timed per stage and errors per kind: the only
+    things the driver reads of the results."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -622,8 +632,10 @@ def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str
     counts = {status: int(pc.sum(pc.equal(table["status"], status)).as_py() or 0) for status in (OK, ERROR, SKIPPED,
                                                                                                   PENDING)}
     stage_ms = {name: round(float(pc.sum(table[name]).as_py() or 0.0), 1) for name in columns[2:]}
+    stage_images = {name: int(pc.count(table[name]).as_py()) for name in columns[2:]}  # non-null: timed
     kinds = pc.value_counts(table["error_kind"].drop_null()).to_pylist()
-    return {k: v for k, v in counts.items() if v}, stage_ms, {item["values"]: item["counts"] for item in kinds}
+    return ({k: v for k, v in counts.items() if v}, stage_ms, stage_images,
+            {item["values"]: item["counts"] for item in kinds})
 
 
 # ---------------------------------------------------------------- CLI

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines import storage
+from pipelines import logs, storage
 from pipelines.bundle_store import bundle_exists, bundle_payload, local_bundle, upload_directory
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
@@ -40,8 +40,9 @@ def run(config: TrainConfig) -> TrainResult:
     import ray
 
     validate(config)
+    logs.bind(run_id=config.run_name)
     if not ray.is_initialized():
-        ray.init()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
+        logs.init_ray()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
     check_reachable(config)
     from pipelines.train_data import build_catalogue, train_dataset, validation_pairs
 
