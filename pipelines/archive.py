@@ -297,7 +297,7 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
 RESTORE_FLAGS = (("--fit", str), ("--stages", str), ("--actors", str), ("--batch-size", int),
                  ("--gpus-per-actor", float), ("--cpus-per-actor", float), ("--cpus-per-task", float),
                  ("--ext", str), ("--suffix", str), ("--max-error-rate", float), ("--precision", str),
-                 ("--compile", str))
+                 ("--compile", str), ("--strip-metadata", bool))
 
 
 def add_parsers(sub) -> None:
@@ -318,7 +318,11 @@ def add_parsers(sub) -> None:
     arg("--keep-versions", type=int, help="state files to keep (default: 10)")
     arg("--run-id", help="name of this run (default: time + random)")
     for flag, kind in RESTORE_FLAGS:
-        arg(flag, type=kind, dest=f"restore_{flag[2:].replace('-', '_')}", help="as in `ugpnet restore`")
+        dest = f"restore_{flag[2:].replace('-', '_')}"
+        if kind is bool:  # a switch, as in restore: given → true, absent → the config file's or the default
+            arg(flag, action="store_true", default=None, dest=dest, help="as in `ugpnet restore`")
+        else:
+            arg(flag, type=kind, dest=dest, help="as in `ugpnet restore`")
     arg("--dry-run", action="store_true", help="validate and print the resolved config; touch nothing")
     parser.set_defaults(handler=handle)
 

@@ -143,6 +143,8 @@ def test_config_errors_name_the_field(capsys):
     assert cli.main([*base, "--max-items", "7", "--fit", "tile", "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["max_items"], printed["restore"]) == (7, {"fit": "tile"})
+    assert cli.main([*base, "--strip-metadata", "--ext", "auto", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["restore"] == {"strip_metadata": True, "ext": "auto"}
 
 
 # ---------------------------------------------------------------- scheduled runs on S3
