@@ -32,7 +32,8 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import logs, storage
-from pipelines.restore import DEFAULT_EXTENSIONS, ConfigError, RestoreConfig, fields_from_mapping, plain_name
+from pipelines.config_fields import ConfigError, fields_from_mapping, plain_name
+from pipelines.restore import DEFAULT_EXTENSIONS, RestoreConfig
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3

@@ -72,3 +72,10 @@ def kind_of_stage(error_text: str) -> str:
 
 def is_input_error(kind: str | None) -> bool:
     return kind in INPUT_KINDS
+
+
+def error_text(err: BaseException) -> str:
+    """An exception as one line of an error row: its message (or its type when it has none), at
+    most 500 characters, so a manifest row stays a row whatever a library put in the message."""
+    text = str(err).strip().replace("\n", " ") or type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

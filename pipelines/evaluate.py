@@ -32,18 +32,17 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
 from pipelines import logs, storage
+from pipelines.config_fields import (
+    ConfigError,
+    check_choice,
+    check_integer,
+    check_number,
+    fields_from_mapping,
+    parse_extensions,
+)
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
 from pipelines.evaluate_tracking import DEFAULT_EXPERIMENT
-from pipelines.restore import (
-    DEFAULT_EXTENSIONS,
-    PRECISIONS,
-    ConfigError,
-    _choice,
-    _extensions,
-    _integer,
-    _number,
-    fields_from_mapping,
-)
+from pipelines.restore import DEFAULT_EXTENSIONS, PRECISIONS
 
 DEFAULT_STRENGTHS = {"denoise": (15.0, 25.0, 50.0), "deblur": (1.0, 2.0, 3.0), "sr": (float(SR_SCALE),)}
 STRENGTH_LABELS = {"denoise": "noise σ (0–255)", "deblur": "Gaussian blur σ (px)", "sr": "downscale factor"}
@@ -90,34 +89,34 @@ class EvaluateConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, "is required (a non-empty string)")
-        _choice("task", self.task, TASKS)
+        check_choice("task", self.task, TASKS)
         if self.model is None:
             self.model = f"default:{self.task}"
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model", "must be a model reference (bundle dir, models:/..., default:TASK, preset:NAME)")
         self.strengths = self._strengths()
-        _integer("seed", self.seed, minimum=0)
-        _integer("crop", self.crop, minimum=0)
+        check_integer("seed", self.seed, minimum=0)
+        check_integer("crop", self.crop, minimum=0)
         if 0 < self.crop < MIN_SIDE:
             raise ConfigError("crop", f"must be 0 (whole image) or >= {MIN_SIDE} pixels, got {self.crop}")
-        _choice("fit", self.fit, ("tile", "resize", "error"))
+        check_choice("fit", self.fit, ("tile", "resize", "error"))
         self.metrics = self._metrics()
-        _integer("grid_images", self.grid_images, minimum=0)
-        _integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
-        _integer("actors", self.actors, minimum=1)
-        _integer("batch_size", self.batch_size, minimum=1)
-        _choice("precision", self.precision, PRECISIONS)
+        check_integer("grid_images", self.grid_images, minimum=0)
+        check_integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
+        check_integer("actors", self.actors, minimum=1)
+        check_integer("batch_size", self.batch_size, minimum=1)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.gpus_per_actor is not None:
-            _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+            check_number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
             _check_fp16(self)
-        _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        check_number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.cpus_per_actor == 0 and not self.gpus_per_actor:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
-        _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
-        _integer("threads_per_actor", self.threads_per_actor, minimum=0)
-        _integer("images_per_block", self.images_per_block, minimum=1)
-        self.extensions = _extensions(self.extensions)
-        _integer("max_pixels", self.max_pixels, minimum=1)
+        check_number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
+        check_integer("threads_per_actor", self.threads_per_actor, minimum=0)
+        check_integer("images_per_block", self.images_per_block, minimum=1)
+        self.extensions = parse_extensions(self.extensions)
+        check_integer("max_pixels", self.max_pixels, minimum=1)
         if not isinstance(self.allow_local_manifest_paths, bool):
             raise ConfigError("allow_local_manifest_paths", f"must be true or false, got "
                                                             f"{self.allow_local_manifest_paths!r}")
@@ -354,17 +353,17 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
     import pyarrow as pa
     import ray
 
+    from pipelines.cluster_resources import check_resources, coarse_actor_memory, ensure_ray
     from pipelines.evaluate_stages import METRIC_SCHEMA, EvalSettings, EvaluateModel, read_decode_degrade
     from pipelines.model_refs import load_payload
-    from pipelines.restore import _actor_memory, _check_resources, _ensure_ray
 
-    started_ray = _ensure_ray()
+    started_ray = ensure_ray()
     try:
         if config.gpus_per_actor is None:  # GPU when present
             config.gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         _check_fp16(config)
         _check_reachable(config, rows, report)
-        _check_resources(config, _actor_memory(model))
+        check_resources(config, coarse_actor_memory(model))
         settings = EvalSettings(
             run_id=run_id, task=config.task, strengths=config.strengths, seed=config.seed, crop=config.crop,
             scale=model.scale, fit=config.fit, batch_size=config.batch_size, max_pixels=config.max_pixels,
@@ -381,7 +380,7 @@ def _execute(rows, config: EvaluateConfig, model, report, s3, run_id):
             batch_size=None, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
             # The memory reservation also keeps Ray from fusing the CPU stage into the model actors.
-            memory=_actor_memory(model))
+            memory=coarse_actor_memory(model))
         # Metric rows are a few hundred bytes each: the only results that come back to the driver.
         tables = [t for t in ray.get(list(dataset.to_arrow_refs())) if t.num_rows]
         return pa.concat_tables(tables).cast(METRIC_SCHEMA) if tables else METRIC_SCHEMA.empty_table()

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.restore_stages import ERROR, OK, PENDING, _reason, build_model
+from pipelines.error_kinds import error_text
+from pipelines.restore_stages import ERROR, OK, PENDING, build_model
 from ugpnet.degradations import BlurConfig, Degradation, NoiseConfig
 
 TASKS = ("denoise", "deblur", "sr")
@@ -136,12 +137,12 @@ def read_decode_degrade(batch: dict, settings: EvalSettings) -> dict:
             try:
                 data = storage.read_bytes(storage.resolve(uri, settings.s3))
             except Exception as err:  # every failure becomes this image's error, never the job's
-                error = f"read: {_reason(err)}"
+                error = f"read: {error_text(err)}"
         if not error:
             try:
                 gt = crop_ground_truth(decode_image(data, max_pixels=settings.max_pixels).rgb, settings)
             except Exception as err:
-                error = f"{getattr(err, 'stage', 'decode')}: {_reason(err)}"
+                error = f"{getattr(err, 'stage', 'decode')}: {error_text(err)}"
         for strength in settings.strengths:
             lq, record, row_error = empty, None, error
             if not row_error:
@@ -150,7 +151,7 @@ def read_decode_degrade(batch: dict, settings: EvalSettings) -> dict:
                                                   sample_seed(settings.seed, index))
                     lq = lq.numpy()
                 except Exception as err:
-                    row_error = f"degrade: {_reason(err)}"
+                    row_error = f"degrade: {error_text(err)}"
             if settings.baselines:
                 for name, value in run_baselines(settings.baselines, settings.task, lq, record, row_error).items():
                     out[name].append(value)
@@ -182,7 +183,7 @@ def run_baselines(names: tuple[str, ...], task: str, lq: np.ndarray, record, err
                 outputs.append(run_baseline(baseline, lq.transpose(1, 2, 0), record))
                 times[i] = (time.perf_counter() - started) * 1000
             except Exception as err:  # one baseline failing costs only its own rows
-                errors[i] = f"baseline: {_reason(err)}"
+                errors[i] = f"baseline: {error_text(err)}"
                 outputs.append(None)
         shape = next((o.shape for o in outputs if o is not None), None)
         if shape is not None:
@@ -252,7 +253,7 @@ class EvaluateModel:
                     stage = "grid"
                     grid_uri = self._write_grid(images, row) if bool(row["grid"]) else None
                 except Exception as err:  # one image the model or a metric cannot handle: its rows fail
-                    metrics, error = {}, f"{stage}: {_reason(err)}"
+                    metrics, error = {}, f"{stage}: {error_text(err)}"
             height, width = gt.shape[-2:]
             for output in self.settings.outputs:
                 values = metrics.get(output, {})

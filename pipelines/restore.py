@@ -19,7 +19,6 @@ caught before any work.
 
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -29,6 +28,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines import logs, storage
+from pipelines.cluster_resources import check_resources, ensure_ray
+from pipelines.config_fields import (
+    ConfigError,
+    check_choice,
+    check_integer,
+    check_number,
+    fields_from_mapping,
+    parse_bucket_names,
+    parse_extensions,
+    parse_int_tuple,
+    plain_name,
+)
 from pipelines.done_markers import output_settings
 from pipelines.error_kinds import is_input_error
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
@@ -42,23 +53,10 @@ DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp",
 OUTPUT_EXTS = ("png", "jpg", "webp", "tiff", "auto")  # auto: each input's own format (restore_inputs.output_ext)
 _EXT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 STAGE_MODES = ("fused", "split")
-# Memory reserved per model actor: the interpreter, torch and activations, plus copies of the weights
-# (the payload bytes, the loaded state dict, the module). A reservation, not a limit.
-# Measured: a CPU actor of a tiny preset peaks near 650 MiB (Python, torch, Ray, batches in flight).
-ACTOR_BASE_MEMORY = 1 << 30
-ACTOR_WEIGHT_COPIES = 3
 MANIFEST_ROWS_PER_FILE = 1000
 # Attempts at one model batch whose actor dies (Ray Data's default retries forever): a batch that
 # kills its actor every time (e.g. out of memory) then becomes error rows and the run ends.
 MODEL_TASK_RETRIES = 2
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; raised before any work, naming the field."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"config field '{field_name}': {message}")
-        self.field = field_name
 
 
 @dataclass
@@ -106,52 +104,52 @@ class RestoreConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, "is required (a non-empty string)")
-        _choice("fit", self.fit, ("resize", "tile", "error"))
-        _choice("stages", self.stages, STAGE_MODES)
-        _choice("transport", self.transport, TRANSPORTS)
+        check_choice("fit", self.fit, ("resize", "tile", "error"))
+        check_choice("stages", self.stages, STAGE_MODES)
+        check_choice("transport", self.transport, TRANSPORTS)
         self.ext = str(self.ext).lower().lstrip(".")
         self.ext = _EXT_ALIASES.get(self.ext, self.ext)
-        _choice("ext", self.ext, OUTPUT_EXTS)
-        self.actors = _int_tuple("actors", self.actors)
+        check_choice("ext", self.ext, OUTPUT_EXTS)
+        self.actors = parse_int_tuple("actors", self.actors)
         if any(n < 1 for n in self.actors):
             raise ConfigError("actors", f"every pool needs at least 1 actor, got {self.actors}")
         wanted = (1,) if self.stages == "fused" else (1, 3)
         if len(self.actors) not in wanted:
-            raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
+            raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} check_number(s), "
                                         f"got {len(self.actors)}: {self.actors}")
         if self.batch_size is not None:
-            _integer("batch_size", self.batch_size, minimum=1)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("compile", self.compile, COMPILE_MODES)
+            check_integer("batch_size", self.batch_size, minimum=1)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("compile", self.compile, COMPILE_MODES)
         if not isinstance(self.compile_cache_dir, str):
             raise ConfigError("compile_cache_dir", f"must be a folder path, got {self.compile_cache_dir!r}")
-        _number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
-        _number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
+        check_number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
+        check_number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.precision == "fp16" and self.gpus_per_actor == 0:
             raise ConfigError("precision", "fp16 runs only on CUDA and gpus_per_actor is 0; on CPU use bf16 or fp32")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
-        _number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
-        _integer("threads_per_actor", self.threads_per_actor, minimum=0)
+        check_number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
+        check_integer("threads_per_actor", self.threads_per_actor, minimum=0)
         if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix \
                 or storage.unsafe_key_reason(self.suffix or "x"):
             raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
-        _integer("quality", self.quality, minimum=1, maximum=100)
+        check_integer("quality", self.quality, minimum=1, maximum=100)
         for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths", "strip_metadata"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        _number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
-        self.extensions = _extensions(self.extensions)
+        check_number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
+        self.extensions = parse_extensions(self.extensions)
         if self.tile_overlap is not None:
-            _integer("tile_overlap", self.tile_overlap, minimum=0)
-        _integer("max_pixels", self.max_pixels, minimum=1)
+            check_integer("tile_overlap", self.tile_overlap, minimum=0)
+        check_integer("max_pixels", self.max_pixels, minimum=1)
         if self.max_output_pixels is not None:
-            _integer("max_output_pixels", self.max_output_pixels, minimum=1)
-        _integer("max_image_memory", self.max_image_memory, minimum=0)
-        _integer("rows_per_block", self.rows_per_block, minimum=0)
+            check_integer("max_output_pixels", self.max_output_pixels, minimum=1)
+        check_integer("max_image_memory", self.max_image_memory, minimum=0)
+        check_integer("rows_per_block", self.rows_per_block, minimum=0)
         if self.run_id is not None:
             plain_name("run_id", self.run_id)
-        self.manifest_buckets = _bucket_names("manifest_buckets", self.manifest_buckets)
+        self.manifest_buckets = parse_bucket_names("manifest_buckets", self.manifest_buckets)
         return self
 
     @property
@@ -179,99 +177,6 @@ class RestoreConfig:
         data["actors"], data["extensions"] = list(self.actors), list(self.extensions)
         data["manifest_buckets"] = list(self.manifest_buckets)
         return data
-
-
-def fields_from_mapping(cls, values: dict, required: tuple[str, ...]) -> dict:
-    """A config file's mapping as dataclass field values: keys may use `-` or `_`; unknown keys and
-    missing required ones are ConfigErrors naming the key."""
-    known = {f.name for f in fields(cls)}
-    normalised = {}
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise ConfigError(str(key), f"unknown field; known fields: {', '.join(sorted(known))}")
-        normalised[name] = value
-    for name in required:
-        if name not in normalised:
-            raise ConfigError(name, "is required")
-    return normalised
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _integer(name, value, minimum=None, maximum=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise ConfigError(name, f"must be {bounds}, got {value}")
-
-
-def _number(name, value, minimum=None, maximum=None, exclusive=False):
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a number, got {value!r}")
-    if minimum is not None and (value < minimum or exclusive and value == minimum):
-        raise ConfigError(name, f"must be {'>' if exclusive else '>='} {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(name, f"must be <= {maximum}, got {value}")
-
-
-def _int_tuple(name, value) -> tuple[int, ...]:
-    """`2`, `"1,2,3"` or `[1, 2, 3]`; anything else (1.5, null, true, "2.5") is refused, naming the field."""
-    if isinstance(value, str):
-        parts = value.split(",")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        parts = [value]
-    elif isinstance(value, list | tuple):
-        parts = list(value)
-    else:
-        parts = None
-    if not parts or not all(_is_plain_int(part) for part in parts):
-        raise ConfigError(name, f"must be an integer or comma-separated integers, got {value!r}")
-    return tuple(int(str(part).strip()) for part in parts)
-
-
-def _is_plain_int(part) -> bool:
-    if isinstance(part, bool):
-        return False
-    return isinstance(part, int) or isinstance(part, str) and part.strip().isascii() and part.strip().isdigit()
-
-
-def _extensions(value) -> tuple[str, ...]:
-    if isinstance(value, str):
-        parts = value.split(",")
-    elif isinstance(value, list | tuple) and all(isinstance(p, str) for p in value):
-        parts = list(value)
-    else:
-        raise ConfigError("extensions", f"must be comma-separated file endings or a list of them, got {value!r}")
-    cleaned = tuple("." + p.strip().lower().lstrip(".") for p in parts if p.strip())
-    if not cleaned:
-        raise ConfigError("extensions", "needs at least one file ending, e.g. jpg,png")
-    return cleaned
-
-
-def _bucket_names(name, value) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(name, f"must be comma-separated bucket names, got {value!r}")
-    names = tuple(v.strip() for v in value)
-    bad = [v for v in names if "/" in v or ":" in v or "@" in v]
-    if bad:
-        raise ConfigError(name, f"must be bare bucket names (no s3://, '/' or credentials), got {bad[0]!r}")
-    return names
-
-
-def plain_name(name: str, value) -> str:
-    """A run id: one path segment, so it can name a folder under any root."""
-    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
-            or len(value) > 200 or storage.unsafe_key_reason(value):
-        raise ConfigError(name, f"must be a plain name (no '/', '\\', '.', '..' or control characters), "
-                                f"got {value!r}")
-    return value
 
 
 @dataclass
@@ -365,11 +270,11 @@ def run(config: RestoreConfig) -> RunSummary:
     if rows:
         import ray
 
-        started_ray = _ensure_ray()
+        started_ray = ensure_ray()
         try:
             check_reachable_inputs(output, items)
             memory = _plan_memory(rows, config, model, s3)
-            _check_resources(config, memory.actor)
+            check_resources(config, memory.actor)
             payload_ref = ray.put(load_payload(model))
             _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory)
             record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
@@ -445,46 +350,6 @@ def _check_output_root(output: storage.Location) -> None:
             raise ConfigError("output", f"{output.uri} is a file, not a folder")
     except OSError as err:
         raise ConfigError("output", f"cannot reach {output.uri}: {err}") from err
-
-
-def _ensure_ray() -> bool:
-    """Connect to the cluster in RAY_ADDRESS (as in `ray job submit`), else start a local one.
-    Returns whether this call started Ray (and so should shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        logs.init_ray()
-    else:
-        logs.init_ray(include_dashboard=False)
-    return True
-
-
-def _actor_memory(model) -> int:
-    return ACTOR_BASE_MEMORY + ACTOR_WEIGHT_COPIES * model.weights_bytes
-
-
-def _check_resources(config: RestoreConfig, actor_memory: int) -> None:
-    """Pools that can never be placed make Ray Data wait forever; say so instead, naming the field."""
-    import ray
-
-    resources = ray.cluster_resources()
-    actors = sum(config.pool_sizes.values())
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    growable = bool(os.environ.get("RAY_ADDRESS"))  # an existing cluster may autoscale; a local one cannot
-    if config.gpus_per_actor > 0 and actors * config.gpus_per_actor > gpus and not growable:
-        raise ConfigError("gpus_per_actor", f"{actors} actor(s) x {config.gpus_per_actor} GPU exceed the "
-                                            f"{gpus:g} GPU(s) of this Ray cluster")
-    needed = actors * config.cpus_per_actor + config.cpus_per_task
-    if needed > cpus + 1e-9 and not growable:
-        raise ConfigError("actors", f"{actors} actor(s) x {config.cpus_per_actor} CPU plus one "
-                                    f"{config.cpus_per_task}-CPU task need {needed:g} CPUs; this Ray cluster has "
-                                    f"{cpus:g} (lower actors or cpus_per_actor)")
-    memory = resources.get("memory", float("inf"))
-    if actors * actor_memory > memory and not growable:
-        raise ConfigError("actors", f"{actors} actor(s) x {actor_memory / 2**30:.1f} GiB exceed the "
-                                    f"{memory / 2**30:.1f} GiB of memory this Ray cluster can reserve")
 
 
 def _plan_memory(rows, config: RestoreConfig, model, s3):

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import fault_hooks, storage
-from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, kind_of_stage
+from pipelines.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, error_text, kind_of_stage
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
 MODULES = ("restoration", "synthesis", "fusion")
@@ -132,7 +132,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
                     info.update(decoded_info)
                 except Exception as err:  # every failure becomes this row's error, never the job's
                     stage = getattr(err, "stage", "decode")
-                    row["status"], row["error"] = ERROR, f"{stage}: {_reason(err)}"
+                    row["status"], row["error"] = ERROR, f"{stage}: {error_text(err)}"
                     row["error_kind"] = SIZE if stage == "fit" else CORRUPT
                     info.update(getattr(err, "info", {}))
                 info["decode_ms"] = (time.perf_counter() - started) * 1000
@@ -171,7 +171,7 @@ def _timed_read(uri: str, s3: storage.StorageSpec) -> tuple[bytes, float, str, s
         data = storage.read_bytes(storage.resolve(uri, s3))
         return data, (time.perf_counter() - started) * 1000, "", ""
     except Exception as err:
-        return b"", (time.perf_counter() - started) * 1000, _reason(err), classify_read_error(err)
+        return b"", (time.perf_counter() - started) * 1000, error_text(err), classify_read_error(err)
 
 
 class _StageError(Exception):
@@ -341,7 +341,7 @@ class ModelStage:
         errors = list(batch["error"])
         failures = self._run_rows(batch, pending, per_row, model_ms)
         for i, err in failures.items():
-            statuses[i], errors[i] = ERROR, f"model ({self.module}): {_reason(err)}"
+            statuses[i], errors[i] = ERROR, f"model ({self.module}): {error_text(err)}"
         out = {key: value for key, value in batch.items() if key not in self._dropped()}
         for name in out_names:
             dtype = assembled_dtype(self.transport) if self.module == "fused" else SPLIT_OUTPUT_DTYPE
@@ -609,7 +609,7 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
                                              bit_depth=int(row.get("out_bits") or 8) if main else 8)
         out_height, out_width = rgb.shape[:2]
     except Exception as err:
-        raise _StageError("encode", _reason(err), {"encode_ms": (time.perf_counter() - started) * 1000}) from err
+        raise _StageError("encode", error_text(err), {"encode_ms": (time.perf_counter() - started) * 1000}) from err
     encode_ms = (time.perf_counter() - started) * 1000
     info = {"out_width": out_width, "out_height": out_height, "bytes_out": len(encoded[output]),
             "encode_ms": encode_ms}
@@ -626,7 +626,7 @@ def _encode_and_write_one(batch: dict, index: int, row: dict, output: storage.Lo
         storage.write_bytes(settings.output_root.child(row["marker"]), json.dumps(body).encode())
     except Exception as err:
         info["write_ms"] = (time.perf_counter() - started) * 1000
-        raise _StageError("write", _reason(err), info) from err
+        raise _StageError("write", error_text(err), info) from err
     info["write_ms"] = (time.perf_counter() - started) * 1000
     return info
 
@@ -652,8 +652,3 @@ def _plain(value):
 
 def _maybe(value):
     return None if value is None or value == -1 else int(value)
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().replace("\n", " ") or type(err).__name__
-    return text if len(text) <= 500 else text[:497] + "..."

@@ -40,7 +40,7 @@ def no_ray(monkeypatch):
     def forbidden():
         raise AssertionError("this case must be decided before Ray is started")
 
-    monkeypatch.setattr(pipelines.restore, "_ensure_ray", forbidden)
+    monkeypatch.setattr(pipelines.restore, "ensure_ray", forbidden)
     monkeypatch.setattr(pipelines.evaluate, "_execute", lambda *a, **k: forbidden())
 
 

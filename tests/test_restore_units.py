@@ -88,7 +88,7 @@ def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys, mon
     def no_ray():
         raise AssertionError("a bad config must fail before Ray is started")
 
-    monkeypatch.setattr(pipelines.restore, "_ensure_ray", no_ray)
+    monkeypatch.setattr(pipelines.restore, "ensure_ray", no_ray)
     assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--quality", "0"]) == 2
     assert "'quality'" in capsys.readouterr().err
     assert cli.main(["restore", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
@@ -469,19 +469,19 @@ def test_fit_error_policy_makes_an_error_row(tiny_bundle, tmp_path):
 def test_pools_that_cannot_be_placed_on_a_local_cluster_are_refused(monkeypatch):
     import ray
 
-    from pipelines.restore import _check_resources
+    from pipelines.restore import check_resources
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 8 * 2**30})
-    _check_resources(RestoreConfig(input="i", output="o", stages="split").validate(), 2**30)
+    check_resources(RestoreConfig(input="i", output="o", stages="split").validate(), 2**30)
     with pytest.raises(ConfigError, match="'actors'.*need 3.5 CPUs"):
-        _check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
+        check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
     with pytest.raises(ConfigError, match="'gpus_per_actor'"):
-        _check_resources(RestoreConfig(input="i", output="o", gpus_per_actor=0.5).validate(), 2**30)
+        check_resources(RestoreConfig(input="i", output="o", gpus_per_actor=0.5).validate(), 2**30)
     with pytest.raises(ConfigError, match="'actors'.*GiB"):
-        _check_resources(RestoreConfig(input="i", output="o", actors=3, cpus_per_actor=0.25).validate(), 4 * 2**30)
+        check_resources(RestoreConfig(input="i", output="o", actors=3, cpus_per_actor=0.25).validate(), 4 * 2**30)
     monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")  # an existing cluster may grow: no refusal
-    _check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
+    check_resources(RestoreConfig(input="i", output="o", stages="split", actors=2).validate(), 2**30)
 
 
 def test_a_run_id_is_not_reused(tmp_path, tiny_bundle):
