@@ -1,6 +1,8 @@
 """Bundles (and other small directories) copied between local disk and storage (local or S3)."""
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines import storage
@@ -29,19 +31,24 @@ def bundle_exists(location: storage.Location) -> bool:
     return storage.file_info(location.child("ugpnet.json")).type == pafs.FileType.File
 
 
-def bundle_payload(uri: str, *, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
-    """The bundle at `uri` as bytes (config JSON, weights, optionally the discriminator), read on the
-    driver, for remote code to rebuild the model from wherever it runs (see train_loop.payload_model)."""
-    bundle = local_bundle(uri)
+def bundle_payload(bundle: Path, *, source: str, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
+    """The bundle in the local folder `bundle` (see fetched_bundle) as bytes: config JSON, weights,
+    optionally the discriminator, for remote code to rebuild the model from wherever it runs (see
+    train_loop.payload_model). `source` names where the bundle came from."""
     discriminator = bundle / "discriminator.safetensors"
-    return {"source": uri, "config": (bundle / "ugpnet.json").read_text(),
+    return {"source": source, "config": (bundle / "ugpnet.json").read_text(),
             "weights": (bundle / "model.safetensors").read_bytes(),
             "discriminator": discriminator.read_bytes() if with_discriminator and discriminator.is_file() else None}
 
 
-def local_bundle(uri: str) -> Path:
-    """A local directory holding the bundle at `uri` (downloaded to a temp dir when remote)."""
+@contextlib.contextmanager
+def fetched_bundle(uri: str) -> Iterator[Path]:
+    """A local folder holding the bundle at `uri` while the block runs: the folder itself when it is
+    local, else one download into a temporary folder that is removed when the block ends (a stage
+    used to download its start bundle up to six times and leave every copy behind)."""
     location = storage.resolve(uri)
     if location.spec.scheme == "local":
-        return Path(location.path)
-    return download_directory(location, Path(tempfile.mkdtemp(prefix="ugpnet-bundle-")))
+        yield Path(location.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="ugpnet-bundle-") as folder:
+        yield download_directory(location, Path(folder))

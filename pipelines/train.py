@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines import logs, storage
-from pipelines.bundle_store import bundle_exists, bundle_payload, local_bundle, upload_directory
+from pipelines.bundle_store import bundle_exists, bundle_payload, fetched_bundle, upload_directory
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
@@ -89,7 +89,8 @@ def run(config: TrainConfig) -> TrainResult:
         if config.register_model:
             from pipelines.registry import log_bundle
 
-            version = log_bundle(local_bundle(start), register_as=config.registered_name, alias="candidate")
+            with fetched_bundle(start) as final:
+                version = log_bundle(final, register_as=config.registered_name, alias="candidate")
             result.registered_version = version.version
             print(f"ugpnet train: registered {config.registered_name} version {version.version} "
                   f"(alias candidate)", flush=True)
@@ -99,16 +100,31 @@ def run(config: TrainConfig) -> TrainResult:
 def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Location, dataset, validation,
               experiment_id: str, parent_id: str, uri: str) -> dict[str, float]:
     import mlflow
+
+    from pipelines.train_loop import MODEL_FILE, TRAINER_FILE
+
+    stage_run = start_stage_run(config, stage, experiment_id, parent_id)
+    with fetched_bundle(start) as start_bundle:  # once per stage; a download is removed at the end
+        fit = _fit_stage(config, stage, start_bundle, start, dataset, validation, uri, stage_run)
+        with fit.checkpoint.as_directory() as directory:
+            write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start_bundle, done,
+                               stage)
+    mlflow.MlflowClient().set_terminated(stage_run)
+    return {k: float(v) for k, v in (fit.metrics or {}).items() if isinstance(v, int | float)}
+
+
+def _fit_stage(config: TrainConfig, stage: str, start_bundle: Path, start: str, dataset, validation, uri: str,
+               stage_run: str):
+    """One stage on Ray Train from the start bundle in `start_bundle`; the result, with a checkpoint."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.train_loop import MODEL_FILE, TRAINER_FILE, train_stage_loop
+    from pipelines.train_loop import train_stage_loop
 
-    stage_run = start_stage_run(config, stage, experiment_id, parent_id)
     cpus = worker_cpus(config)
     # The start weights travel through the object store: a path would name a directory on the driver's
     # disk, which training workers on other nodes cannot see.
-    start_ref = ray.put(bundle_payload(start, with_discriminator=stage == "synthesis"))
+    start_ref = ray.put(bundle_payload(start_bundle, source=start, with_discriminator=stage == "synthesis"))
     loop_config = {
         "stage": stage, "start_payload": start_ref, "hyperparams": config.hyperparams.to_dict(),
         "perceptual": asdict(config.hyperparams.perceptual), "tracking_uri": uri, "mlflow_run_id": stage_run,
@@ -127,10 +143,7 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
     fit = trainer.fit()
     if fit.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint")
-    with fit.checkpoint.as_directory() as directory:
-        write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start, done, stage)
-    mlflow.MlflowClient().set_terminated(stage_run)
-    return {k: float(v) for k, v in (fit.metrics or {}).items() if isinstance(v, int | float)}
+    return fit
 
 
 def start_parent_run(config: TrainConfig, experiment_id: str, skipped_images: int):
@@ -163,15 +176,17 @@ def start_stage_run(config: TrainConfig, stage: str, experiment_id: str, parent_
     return stage_run
 
 
-def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: storage.Location, stage: str) -> None:
-    """The stage's result as a bundle (plus the discriminator after stage 2), uploaded to storage."""
+def write_stage_bundle(weights: Path, trainer_state: Path, start_bundle: Path, done: storage.Location,
+                       stage: str) -> None:
+    """The stage's result as a bundle (plus the discriminator after stage 2), uploaded to storage;
+    `start_bundle`: the local folder of the bundle the stage started from."""
     import torch
     from safetensors.torch import load_file, save_file
 
     import ugpnet
     from ugpnet.checkpoint import load_state_dict_strict
 
-    model = ugpnet.load(local_bundle(start))
+    model = ugpnet.load(start_bundle)
     load_state_dict_strict(model, load_file(str(weights)), str(weights))
     extra = {}
     state = torch.load(trainer_state, map_location="cpu", weights_only=True)
@@ -181,8 +196,8 @@ def write_stage_bundle(weights: Path, trainer_state: Path, start: str, done: sto
     with tempfile.TemporaryDirectory() as local:
         ugpnet.save(model, local, provenance={**previous, f"stage_{stage}": {"steps": int(state["step"])}},
                     extra_tensors=extra)
-        if not extra and (local_bundle(start) / "discriminator.safetensors").is_file():
-            save_file(load_file(str(local_bundle(start) / "discriminator.safetensors")),
+        if not extra and (start_bundle / "discriminator.safetensors").is_file():
+            save_file(load_file(str(start_bundle / "discriminator.safetensors")),
                       str(Path(local) / "discriminator.safetensors"))
         upload_directory(Path(local), done)
 

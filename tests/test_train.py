@@ -5,6 +5,8 @@ driver, recovery from a killed worker, stage isolation, and a real learning sign
 import json
 import os
 import signal
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -72,11 +74,13 @@ def test_two_worker_training_tracks_registers_and_restores(photos, tracking, mot
     moto_s3.client().create_bucket(Bucket="train-runs")
     env = {**moto_s3.env, "MLFLOW_TRACKING_URI": tracking, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     log = tmp_path / "train.log"
+    bundle_downloads = set(Path(tempfile.gettempdir()).glob("ugpnet-bundle-*"))  # the driver's, from S3
     process = start_cli(["train", "--preset", "tiny_denoise", "--data", "s3://train-data/photos",
                          "--run-name", "e2e", "--storage", "s3://train-runs/runs", "--workers", "2",
                          "--cpus-per-worker", "0.75", "--steps", "4,4,4", "--batch-size", "2",
                          "--register", "ugpnet-e2e", *FAST_STAGES], env, log)
     assert process.wait(timeout=1400) == 0, tail(log)
+    assert set(Path(tempfile.gettempdir()).glob("ugpnet-bundle-*")) == bundle_downloads  # each removed after use
     output = log.read_text()
     assert "skipped 1 that could not be decoded" in output
     assert moto_s3.env["AWS_SECRET_ACCESS_KEY"] not in output
