@@ -49,6 +49,8 @@ COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
+# ugpnet.images.READABLE_EXTENSIONS, every format the decoder reads (not imported: ugpnet pulls in
+# torch, which the CLI loads only when it runs a model; test_images checks the two agree).
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 OUTPUT_EXTS = ("png", "jpg", "webp", "tiff", "auto")  # auto: each input's own format (restore_inputs.output_ext)
 _EXT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS
+from ugpnet.images import PHOTO_EXTENSIONS
 from ugpnet.presets import PRESETS, TASKS, get_preset
 from ugpnet.stages import STAGES
 from ugpnet.training.hyperparams import TrainHyperparams, check_hyperparams, default_hyperparams
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = PHOTO_EXTENSIONS  # what training reads from `data` (no GIF: see ugpnet.images)
 
 
 @dataclass(frozen=True)

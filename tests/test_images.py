@@ -471,3 +471,13 @@ def test_resize_alpha_keeps_range_and_flat_values():
     np.testing.assert_allclose(resize_alpha(np.full((5, 7), 0.25), 3, 9), 0.25, atol=1e-6)
     with pytest.raises(ValueError):
         resize_alpha(np.zeros((2, 2, 1)), 4, 4)
+
+
+def test_the_pipelines_take_the_endings_the_decoder_reads():
+    from pipelines.restore import DEFAULT_EXTENSIONS
+    from pipelines.train_config import IMAGE_EXTENSIONS
+    from ugpnet.images import PHOTO_EXTENSIONS, READABLE_EXTENSIONS
+
+    assert DEFAULT_EXTENSIONS == READABLE_EXTENSIONS
+    assert IMAGE_EXTENSIONS == PHOTO_EXTENSIONS == tuple(e for e in READABLE_EXTENSIONS if e != ".gif")
+

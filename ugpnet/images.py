@@ -36,6 +36,11 @@ so anything longer is a corrupt header or a deliberate 1xN bomb."""
 # Formats that hold photographs in an archive. Naming them stops Pillow from trying every plugin
 # it has on hostile bytes (EPS, for one, would hand the bytes to Ghostscript).
 _READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
+READABLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+"""File endings of those formats: what restore, evaluate and archive take from folders and prefixes."""
+PHOTO_EXTENSIONS = tuple(ext for ext in READABLE_EXTENSIONS if ext != ".gif")
+"""Training data's endings: a GIF holds at most 256 colours, banding no clean photograph has, so it
+would teach the model its palette as ground truth."""
 
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 DEEP_FORMATS = ("PNG", "TIFF")
