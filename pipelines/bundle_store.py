@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines import storage
+from ugpnet.checkpoint import CONFIG_FILE, DISCRIMINATOR_FILE, WEIGHTS_FILE
 
 
 def upload_directory(local: Path, target: storage.Location) -> None:
-    """Copy every file; `ugpnet.json` last, so a bundle is complete once its config is visible."""
+    """Copy every file; the config (CONFIG_FILE) last, so a bundle is complete once it is visible."""
     files = sorted(p for p in local.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == "ugpnet.json")
+    files.sort(key=lambda p: p.name == CONFIG_FILE)
     for path in files:
         storage.write_bytes(target.child(path.relative_to(local).as_posix()), path.read_bytes())
 
@@ -28,16 +29,16 @@ def download_directory(source: storage.Location, local: Path) -> Path:
 def bundle_exists(location: storage.Location) -> bool:
     from pyarrow import fs as pafs
 
-    return storage.file_info(location.child("ugpnet.json")).type == pafs.FileType.File
+    return storage.file_info(location.child(CONFIG_FILE)).type == pafs.FileType.File
 
 
 def bundle_payload(bundle: Path, *, source: str, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
     """The bundle in the local folder `bundle` (see fetched_bundle) as bytes: config JSON, weights,
     optionally the discriminator, for remote code to rebuild the model from wherever it runs (see
     train_loop.payload_model). `source` names where the bundle came from."""
-    discriminator = bundle / "discriminator.safetensors"
-    return {"source": source, "config": (bundle / "ugpnet.json").read_text(),
-            "weights": (bundle / "model.safetensors").read_bytes(),
+    discriminator = bundle / DISCRIMINATOR_FILE
+    return {"source": source, "config": (bundle / CONFIG_FILE).read_text(),
+            "weights": (bundle / WEIGHTS_FILE).read_bytes(),
             "discriminator": discriminator.read_bytes() if with_discriminator and discriminator.is_file() else None}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ugpnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from ugpnet.presets import get_preset
 
 STAGES = ("restoration", "synthesis", "fusion")
@@ -76,7 +77,7 @@ def warm_start(stage: dict) -> str:
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
                limits: str) -> Path:
     config = yaml.safe_load(config_path.read_text())
-    bundle_config = json.loads((bundle / "ugpnet.json").read_text())
+    bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
     manifest = json.loads(manifest_path.read_text())
     train = [r for r in manifest if r["split"] == "train"]
     test = [r for r in manifest if r["split"] == "test"]
@@ -86,7 +87,7 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
     hyper = config["hyperparams"]
     packages = Counter(f"{r['package']} {r['version']}" for r in train)
     licences = sorted({r["licence"].split(" (")[0] for r in train})
-    size_mb = (bundle / "model.safetensors").stat().st_size / 1e6
+    size_mb = (bundle / WEIGHTS_FILE).stat().st_size / 1e6
     resolution = get_preset(bundle_config["preset"]["name"]).resolution
     validation = "\n".join(
         f"| {stage} | " + " | ".join(f"{stages.get(stage, {}).get(f'val/{o}_psnr', float('nan')):.2f}"

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "ugpnet.json"
+from ugpnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
 HASH_CHUNK = 8 << 20
 
 

@@ -152,10 +152,12 @@ def bundle_path_in_model(model_dir: Path) -> Path | None:
     """Where the pyfunc model keeps its bundle artifact (MLmodel records the relative path)."""
     from mlflow.models import Model
 
+    from ugpnet.checkpoint import CONFIG_FILE
+
     flavor = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
     relative = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path")
     bundle = model_dir / relative if relative else None
-    return bundle if bundle is not None and (bundle / "ugpnet.json").is_file() else None
+    return bundle if bundle is not None and (bundle / CONFIG_FILE).is_file() else None
 
 
 def resolve_models_ref(ref: str) -> Path:

@@ -17,6 +17,7 @@ from pipelines.bundle_store import bundle_exists, bundle_payload, fetched_bundle
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
+from ugpnet.checkpoint import DISCRIMINATOR_FILE, DISCRIMINATOR_STEM
 from ugpnet.stages import STAGES
 
 RUN_TAG, STAGE_TAG = "ugpnet.run_name", "ugpnet.stage"
@@ -191,14 +192,13 @@ def write_stage_bundle(weights: Path, trainer_state: Path, start_bundle: Path, d
     extra = {}
     state = torch.load(trainer_state, map_location="cpu", weights_only=True)
     if "discriminator" in state:
-        extra["discriminator"] = state["discriminator"]
+        extra[DISCRIMINATOR_STEM] = state["discriminator"]
     previous = getattr(model, "bundle_config", {}).get("provenance", {})
     with tempfile.TemporaryDirectory() as local:
         ugpnet.save(model, local, provenance={**previous, f"stage_{stage}": {"steps": int(state["step"])}},
                     extra_tensors=extra)
-        if not extra and (start_bundle / "discriminator.safetensors").is_file():
-            save_file(load_file(str(start_bundle / "discriminator.safetensors")),
-                      str(Path(local) / "discriminator.safetensors"))
+        if not extra and (start_bundle / DISCRIMINATOR_FILE).is_file():
+            save_file(load_file(str(start_bundle / DISCRIMINATOR_FILE)), str(Path(local) / DISCRIMINATOR_FILE))
         upload_directory(Path(local), done)
 
 

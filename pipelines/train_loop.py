@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
-from ugpnet.checkpoint import load_state_dict_strict
+from ugpnet.checkpoint import WEIGHTS_FILE, load_state_dict_strict
 from ugpnet.model import UGPNet
 from ugpnet.presets import Preset
 from ugpnet.training.hyperparams import TrainHyperparams
 from ugpnet.training.trainer import StageTrainer
 from ugpnet.vgg import PerceptualWeights
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = WEIGHTS_FILE  # a checkpoint's weights, named as a bundle's
 TRAINER_FILE = "trainer_state.pt"      # optimiser/scheduler tensors; read back with weights_only=True
 DISCRIMINATOR_KEY = "discriminator"
 # Batches fetched ahead of the step. Ray Data's default of 1 left each step waiting 0.35–0.53 s for its

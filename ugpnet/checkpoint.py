@@ -16,8 +16,11 @@ from ugpnet.model import UGPNet
 from ugpnet.presets import Preset
 
 BUNDLE_FORMAT = 1
+# A bundle's layout: every module that reads or writes bundles takes these names from here.
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "ugpnet.json"
+CONFIG_FILE = "ugpnet.json"  # written last: a bundle is complete once its config is there
+DISCRIMINATOR_STEM = "discriminator"  # save(extra_tensors={DISCRIMINATOR_STEM: …}) after training stage 2
+DISCRIMINATOR_FILE = f"{DISCRIMINATOR_STEM}.safetensors"
 
 
 class CheckpointMismatchError(ValueError):
