@@ -117,7 +117,7 @@ class RestoreConfig:
             raise ConfigError("actors", f"every pool needs at least 1 actor, got {self.actors}")
         wanted = (1,) if self.stages == "fused" else (1, 3)
         if len(self.actors) not in wanted:
-            raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} check_number(s), "
+            raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
                                         f"got {len(self.actors)}: {self.actors}")
         if self.batch_size is not None:
             check_integer("batch_size", self.batch_size, minimum=1)
