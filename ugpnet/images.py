@@ -213,24 +213,24 @@ def quantize_to_uint8(x: np.ndarray) -> np.ndarray:
     halves round up, unlike np.round. The arithmetic stays in the input's float precision (float32
     tensors quantise exactly as the official float32 code); NaN becomes 0.
     """
+    return _quantize(x, np.uint8)
+
+
+def quantize_to_uint16(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to 16-bit levels by the same rule: floor(clip(x) * 65535 + 0.5); NaN becomes 0."""
+    return _quantize(x, np.uint16)
+
+
+def _quantize(x: np.ndarray, dtype) -> np.ndarray:
+    top = np.iinfo(dtype).max
     values = np.asarray(x)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
     elif values.dtype.itemsize < 4:
         values = values.astype(np.float32)
-    scaled = values * values.dtype.type(255) + values.dtype.type(0.5)
-    scaled = np.nan_to_num(scaled, nan=0.0)  # a NaN cast to uint8 is undefined
-    return np.clip(scaled, 0, 255).astype(np.uint8)
-
-
-def quantize_to_uint16(x: np.ndarray) -> np.ndarray:
-    """[0, 1] floats to 16-bit levels by the rule quantize_to_uint8 uses at 8 bits:
-    floor(clip(x) * 65535 + 0.5), in float32 at least; NaN becomes 0."""
-    values = np.asarray(x)
-    if not np.issubdtype(values.dtype, np.floating) or values.dtype.itemsize < 4:
-        values = values.astype(np.float32)
-    scaled = np.nan_to_num(values * values.dtype.type(65535) + values.dtype.type(0.5), nan=0.0)
-    return np.clip(scaled, 0, 65535).astype(np.uint16)
+    scaled = values * values.dtype.type(top) + values.dtype.type(0.5)
+    scaled = np.nan_to_num(scaled, nan=0.0)  # a NaN cast to an integer is undefined
+    return np.clip(scaled, 0, top).astype(dtype)
 
 
 def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
