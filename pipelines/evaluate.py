@@ -300,7 +300,7 @@ def _log_to_registry(summary, context, config, model, report, rows) -> str:
     from pipelines.evaluate_tracking import log_evaluation
 
     mlflow_run_id = log_evaluation(registry_version=model.registry_version, experiment=config.experiment,
-                                   summary=summary, context=context, metrics=context["metrics"], report=report,
+                                   summary=summary, context=context, report=report,
                                    images=[row["image"] for row in rows])
     print(f"evaluate {summary.run_id}: logged as MLflow run {mlflow_run_id}, linked to {model.registry_version}",
           flush=True)

@@ -58,7 +58,7 @@ def evaluated_dataset(data_uri: str, task: str, images: list[str], degradation: 
     return MetaDataset(source=source, name=f"ugpnet-evaluate-{task}", digest=digest)
 
 
-def log_evaluation(*, registry_version: str, experiment: str, summary, context: dict, metrics: list[str],
+def log_evaluation(*, registry_version: str, experiment: str, summary, context: dict,
                    report: storage.Location, images: list[str]) -> str:
     """Log the finished evaluation as an MLflow run linked to `registry_version` ("NAME/VERSION");
     returns the MLflow run id. The tracking URI is the one the model was resolved through."""
@@ -76,7 +76,7 @@ def log_evaluation(*, registry_version: str, experiment: str, summary, context: 
         mlflow.log_params({"task": context["task"], "data": context["data"], "fit": context["fit"],
                            "strengths": ",".join(f"{s:g}" for s in context["strengths"]),
                            "seed": context["seed"], "crop": context["crop"]})
-        mlflow.log_metrics({**summary_metrics(summary.table, metrics), "evaluated_ok": summary.ok,
+        mlflow.log_metrics({**summary_metrics(summary.table, context["metrics"]), "evaluated_ok": summary.ok,
                             "evaluated_errors": summary.errors}, model_id=model_id, dataset=dataset)
         _log_report_files(report)
     return run.info.run_id
