@@ -47,9 +47,6 @@ class ImageMetadata:
     icc_profile: bytes = b""  # an RGB ICC profile
     exif: bytes = b""         # Pillow's Exif.tobytes(): b"Exif\\0\\0" and a TIFF-structured block
 
-    def __bool__(self) -> bool:
-        return bool(self.icc_profile or self.exif)
-
 
 def read_metadata(image: Image.Image) -> ImageMetadata:
     """The profile and EXIF of an opened, loaded image, before any orientation is applied.
