@@ -85,8 +85,7 @@ def driver_output(log_format: str):
     session.handler = OutputHandler(session)
     root = logging.getLogger()
     saved = (root.level, list(root.handlers), logging.getLogger(OUTPUT_LOGGER).propagate)
-    root.handlers = [session.handler]
-    root.setLevel(logging.WARNING)  # as Python's last-resort handler: libraries' warnings and errors
+    _route_root_logger(session.handler)
     output = logging.getLogger(OUTPUT_LOGGER)
     output.addHandler(session.handler)
     output.setLevel(logging.DEBUG)
@@ -154,10 +153,16 @@ def init_ray(**kwargs) -> None:
     ray.init(**kwargs)
     # LoggingConfig also gives the driver's root and "ray" loggers a handler of Ray's own, at INFO:
     # take them back, so the driver's lines keep one format (and are not printed twice).
-    root = logging.getLogger()
-    root.handlers = [_active.handler]
-    root.setLevel(logging.WARNING)
+    _route_root_logger(_active.handler)
     logging.getLogger("ray").handlers = [_active.handler]
+
+
+def _route_root_logger(handler: logging.Handler) -> None:
+    """The root logger writes through `handler` alone, at WARNING, as Python's last-resort handler
+    does: libraries' warnings and errors, not their chatter."""
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
 
 
 class OutputHandler(logging.Handler):
