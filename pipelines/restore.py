@@ -23,18 +23,14 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-from pipelines import logs, storage
+from pipelines import logs, options, storage
 from pipelines.cluster_resources import check_resources, ensure_ray
 from pipelines.config_fields import (
     ConfigError,
     check_choice,
-    check_integer,
-    check_number,
-    fields_from_mapping,
     parse_bucket_names,
     parse_extensions,
     parse_int_tuple,
@@ -42,8 +38,10 @@ from pipelines.config_fields import (
 )
 from pipelines.done_markers import output_settings
 from pipelines.error_kinds import is_input_error
+from pipelines.options import check_declared, option
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
 
+FIT_POLICIES = ("resize", "tile", "error")  # ugpnet.fitting.FIT_POLICIES (not imported: torch, as above)
 PRECISIONS = ("fp32", "bf16", "fp16")  # ugpnet.inference.PRECISIONS (not imported: it pulls in torch)
 COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
 
@@ -63,42 +61,68 @@ MODEL_TASK_RETRIES = 2
 
 @dataclass
 class RestoreConfig:
-    """Everything a restore run needs. Units: pixels, CPUs/GPUs (Ray resources), fractions in [0,1]."""
+    """Everything a restore run needs, each field declared once (pipelines.options): its flag, help,
+    default and unit come from here."""
 
-    input: str                                  # folder, s3://bucket/prefix, one image, or a txt/csv/parquet manifest
-    output: str                                 # folder or s3://bucket/prefix
-    model: str = "default"                      # bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK]
-    fit: str = "resize"                         # resize | tile | error (see ugpnet.fitting)
-    stages: str = "fused"                       # fused: one pool runs all modules; split: one pool per module
-    actors: tuple[int, ...] = (1,)              # pool size; split: one for all pools or restoration,synthesis,fusion
-    batch_size: int | None = None               # model-size tiles per forward pass (and images per model call);
-                                                #   None: the actor measures its device's best (see model_runtime)
-    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16 needs gpus_per_actor > 0: CUDA only)
-    compile: str = "off"                        # off | on | auto: torch.compile when the planned work amortises it
-    compile_cache_dir: str = ""                 # inductor cache on each actor's node; "" → ~/.cache/ugpnet/inductor
-    gpus_per_actor: float = 0.0                 # fractional allowed; 0 on CPU
-    cpus_per_actor: float = 0.5                 # Ray CPUs reserved per model actor
-    cpus_per_task: float = 0.5                  # Ray CPUs reserved per read/decode or encode/write task
-    threads_per_actor: int = 0                  # torch threads in a CPU actor; 0: max(1, ceil(cpus_per_actor))
-    ext: str = "png"                            # png | jpg | webp | tiff | auto (each input's format)
-    suffix: str = ""                            # added to every output stem: a/b.jpg → a/b<suffix>.png
-    quality: int = 95                           # jpg/webp quality, 1..100
-    strip_metadata: bool = False                # write no ICC profile and no EXIF (default: the input's, kept)
-    save_intermediate: bool = False             # also write _intermediate/restored/ and _intermediate/synthesized/
-    overwrite: bool = False                     # redo inputs whose output exists for this model version
-    max_error_rate: float = 1.0                 # errored / processed above this → exit status 3
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # input file endings taken from folders and prefixes
-    tile_overlap: int | None = None             # input pixels; default input_size // 4
-    max_pixels: int = 100_000_000               # larger inputs (width*height) are refused as error rows
-    max_output_pixels: int | None = None        # larger outputs (width*height*scale²) are refused too; None: no
-                                                # pixel limit, the memory budget decides (it follows the scale)
-    max_image_memory: int = 0                   # bytes one image may need in a stage; 0: what the largest Ray
-                                                # node can reserve (less the model actors on a one-node cluster)
-    rows_per_block: int = 0                     # inputs per Ray Data block; 0: 2 * images per model call
-    transport: str = "compact"                  # compact: uint16 tiles, 8-bit fused images; float32: as before
-    run_id: str | None = None                   # default: UTC time + random suffix
-    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
-    manifest_buckets: tuple[str, ...] = ()      # other buckets a manifest on S3 may name (default: its own only)
+    input: str = option(help="folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest of URIs")
+    output: str = option(help="folder or s3://bucket/prefix")
+    model: str = option("default", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], "
+                                        "preset:NAME")
+    fit: str = option("resize", choices=FIT_POLICIES, help="how any image size meets the model (ugpnet.fitting)")
+    stages: str = option("fused", choices=STAGE_MODES, help="fused: one actor pool runs all modules; split: one "
+                                                            "pool per module")
+    actors: tuple[int, ...] = option((1,), unit="actors", help="actors per pool; split mode also takes R,S,F "
+                                                               "(restoration, synthesis, fusion)")
+    batch_size: int | None = option(None, minimum=1, unit="tiles",
+                                    default_text="measured per device when each actor starts; on CPU never "
+                                                 "slower per image than 1",
+                                    help="model-size tiles per forward pass (and images per model call)")
+    precision: str = option("fp32", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU")
+    compile: str = option("off", choices=COMPILE_MODES,
+                          help="torch.compile the model: auto compiles when the planned images amortise it")
+    compile_cache_dir: str = option("", default_text="~/.cache/ugpnet/inductor",
+                                    help="inductor cache folder on each actor's node")
+    gpus_per_actor: float = option(0.0, minimum=0.0, unit="GPUs", help="GPUs per model actor, fractional allowed")
+    cpus_per_actor: float = option(0.5, minimum=0.0, unit="CPUs", help="Ray CPUs reserved per model actor")
+    cpus_per_task: float = option(0.5, minimum=0.0, exclusive=True, unit="CPUs",
+                                  help="Ray CPUs reserved per read/decode or encode/write task")
+    threads_per_actor: int = option(0, minimum=0, unit="threads", default_text="0: max(1, ceil(cpus-per-actor))",
+                                    help="torch threads in a CPU actor")
+    ext: str = option("png", help="output format: png, jpg, webp, tiff or auto (each input's own; bmp and gif "
+                                  "become png); 16-bit inputs stay 16-bit in png and tiff, jpg and webp hold 8 bits")
+    suffix: str = option("", help="appended to each output stem: a/b.jpg → a/b<suffix>.png")
+    quality: int = option(95, minimum=1, maximum=100, unit="1..100", help="jpg/webp quality")
+    strip_metadata: bool = option(False, help="write outputs without the input's ICC profile and EXIF (kept by "
+                                              "default, EXIF without its orientation tag and with the output's size)")
+    save_intermediate: bool = option(False, help="also write _intermediate/restored/ and _intermediate/synthesized/")
+    overwrite: bool = option(False, help="redo inputs already done for this model version")
+    max_error_rate: float = option(1.0, minimum=0.0, maximum=1.0, unit="fraction",
+                                   help="exit 3 when errors / processed exceeds this")
+    extensions: tuple[str, ...] = option(DEFAULT_EXTENSIONS, help="comma-separated input file endings taken from "
+                                                                  "folders and prefixes")
+    tile_overlap: int | None = option(None, minimum=0, unit="input px", default_text="input size / 4",
+                                      help="tile overlap")
+    max_pixels: int = option(100_000_000, minimum=1, unit="px", help="largest input width*height accepted; larger "
+                                                                     "inputs are error rows")
+    max_output_pixels: int | None = option(None, minimum=1, unit="px",
+                                           default_text="no pixel limit; the memory budget decides",
+                                           help="largest output width*height*scale² accepted")
+    max_image_memory: int = option(0, minimum=0, unit="bytes",
+                                   default_text="0: what the largest Ray node can reserve (less the model actors "
+                                                "on a one-node cluster)",
+                                   help="memory one image may need in a stage")
+    rows_per_block: int = option(0, minimum=0, unit="inputs",
+                                 default_text="0: 2 x the images per model call (8 for 512² tiles on CPU, up to 32 "
+                                              "for small tiles, 16 with GPUs)",
+                                 help="inputs per Ray Data block")
+    transport: str = option("compact", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 "
+                                                                "tiles, 8-bit fused images) or float32")
+    run_id: str | None = option(None, default_text="UTC time + random suffix",
+                                help="name of this run's manifest and summary")
+    allow_local_manifest_paths: bool = option(False, help="let a manifest read from S3 name local files (off: such "
+                                                          "entries are error rows)")
+    manifest_buckets: tuple[str, ...] = option((), help="comma-separated buckets a manifest on S3 may name besides "
+                                                        "its own")
 
     def validate(self) -> "RestoreConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -106,12 +130,10 @@ class RestoreConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, "is required (a non-empty string)")
-        check_choice("fit", self.fit, ("resize", "tile", "error"))
-        check_choice("stages", self.stages, STAGE_MODES)
-        check_choice("transport", self.transport, TRANSPORTS)
         self.ext = str(self.ext).lower().lstrip(".")
         self.ext = _EXT_ALIASES.get(self.ext, self.ext)
         check_choice("ext", self.ext, OUTPUT_EXTS)
+        check_declared(self)
         self.actors = parse_int_tuple("actors", self.actors)
         if any(n < 1 for n in self.actors):
             raise ConfigError("actors", f"every pool needs at least 1 actor, got {self.actors}")
@@ -119,36 +141,13 @@ class RestoreConfig:
         if len(self.actors) not in wanted:
             raise ConfigError("actors", f"{self.stages} mode takes {' or '.join(map(str, wanted))} number(s), "
                                         f"got {len(self.actors)}: {self.actors}")
-        if self.batch_size is not None:
-            check_integer("batch_size", self.batch_size, minimum=1)
-        check_choice("precision", self.precision, PRECISIONS)
-        check_choice("compile", self.compile, COMPILE_MODES)
-        if not isinstance(self.compile_cache_dir, str):
-            raise ConfigError("compile_cache_dir", f"must be a folder path, got {self.compile_cache_dir!r}")
-        check_number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
-        check_number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.precision == "fp16" and self.gpus_per_actor == 0:
             raise ConfigError("precision", "fp16 runs only on CUDA and gpus_per_actor is 0; on CPU use bf16 or fp32")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
-        check_number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
-        check_integer("threads_per_actor", self.threads_per_actor, minimum=0)
-        if not isinstance(self.suffix, str) or "/" in self.suffix or "\\" in self.suffix \
-                or storage.unsafe_key_reason(self.suffix or "x"):
+        if "/" in self.suffix or "\\" in self.suffix or storage.unsafe_key_reason(self.suffix or "x"):
             raise ConfigError("suffix", f"must be a string without path separators, got {self.suffix!r}")
-        check_integer("quality", self.quality, minimum=1, maximum=100)
-        for name in ("save_intermediate", "overwrite", "allow_local_manifest_paths", "strip_metadata"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        check_number("max_error_rate", self.max_error_rate, minimum=0.0, maximum=1.0)
         self.extensions = parse_extensions(self.extensions)
-        if self.tile_overlap is not None:
-            check_integer("tile_overlap", self.tile_overlap, minimum=0)
-        check_integer("max_pixels", self.max_pixels, minimum=1)
-        if self.max_output_pixels is not None:
-            check_integer("max_output_pixels", self.max_output_pixels, minimum=1)
-        check_integer("max_image_memory", self.max_image_memory, minimum=0)
-        check_integer("rows_per_block", self.rows_per_block, minimum=0)
         if self.run_id is not None:
             plain_name("run_id", self.run_id)
         self.manifest_buckets = parse_bucket_names("manifest_buckets", self.manifest_buckets)
@@ -170,8 +169,7 @@ class RestoreConfig:
     @classmethod
     def from_mapping(cls, values: dict) -> "RestoreConfig":
         """From a config file's mapping; keys are field names (`-` or `_`), unknown keys are errors."""
-        normalised = fields_from_mapping(cls, values, ("input", "output"))
-        return cls(**normalised)
+        return options.from_mapping(cls, values)
 
     def public_dict(self) -> dict:
         """The config as recorded in run summaries (it holds no secrets: those stay in the environment)."""
@@ -510,86 +508,16 @@ def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str
 def add_parsers(sub) -> None:
     parser = sub.add_parser("restore", help="restore a folder, an S3 prefix or a manifest of images on Ray Data",
                             description=__doc__.split("\n\n")[0])
-    arg = parser.add_argument
-    arg("--config", help="YAML or JSON file of RestoreConfig fields; flags given here override it")
-    arg("--input", help="folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest of URIs")
-    arg("--output", help="folder or s3://bucket/prefix")
-    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK] (default: default)")
-    arg("--fit", choices=("resize", "tile", "error"), help="how any image size meets the model (default: resize)")
-    arg("--stages", choices=STAGE_MODES, help="fused: one actor pool; split: one pool per module (default: fused)")
-    arg("--actors", help="actors per pool; split mode also takes R,S,F (default: 1)")
-    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: measured per device when "
-                                       "each actor starts; on CPU never slower per image than 1)")
-    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
-    arg("--compile", choices=COMPILE_MODES,
-        help="torch.compile the model: auto compiles when the planned images amortise it (default: off)")
-    arg("--compile-cache-dir", help="inductor cache folder on each actor's node (default: ~/.cache/ugpnet/inductor)")
-    arg("--gpus-per-actor", type=float, help="GPUs per model actor, fractional allowed (default: 0)")
-    arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
-    arg("--cpus-per-task", type=float, help="CPUs reserved per decode/encode task (default: 0.5)")
-    arg("--threads-per-actor", type=int, help="torch threads per CPU actor (default: ceil(cpus-per-actor))")
-    arg("--ext", choices=("png", "jpg", "jpeg", "webp", "tif", "tiff", "auto"),
-        help="output format; auto keeps each input's (bmp and gif become png); 16-bit inputs stay 16-bit in png "
-             "and tiff, jpg and webp hold 8 bits (default: png)")
-    arg("--suffix", help="appended to each output stem (default: none)")
-    arg("--quality", type=int, help="jpg/webp quality 1..100 (default: 95)")
-    arg("--strip-metadata", action="store_true", default=None,
-        help="write outputs without the input's ICC profile and EXIF (default: both kept, EXIF without its "
-             "orientation tag and with the output's size)")
-    arg("--save-intermediate", action="store_true", default=None,
-        help="also write _intermediate/restored/ and _intermediate/synthesized/")
-    arg("--overwrite", action="store_true", default=None, help="redo inputs already done for this model version")
-    arg("--max-error-rate", type=float, help="exit 3 when errors / processed exceeds this (default: 1.0)")
-    arg("--extensions", help="comma-separated input file endings (default: png,jpg,jpeg,webp,tif,tiff,bmp,gif)")
-    arg("--tile-overlap", type=int, help="tile overlap in input pixels (default: input size / 4)")
-    arg("--max-pixels", type=int, help="largest input width*height accepted (default: 100000000)")
-    arg("--max-output-pixels", type=int, help="largest output width*height accepted (default: no pixel limit; "
-                                              "the memory budget decides)")
-    arg("--max-image-memory", type=int, help="bytes one image may need in a stage (default: what the largest "
-                                             "Ray node can reserve)")
-    arg("--rows-per-block", type=int, help="inputs per Ray Data block (default: 2 x the batch size; when it is "
-                                          "measured, 2 x the images a call may fill: 8 for 512² tiles on CPU, up to "
-                                          "32 for small tiles, 16 with GPUs)")
-    arg("--transport", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 tiles, 8-bit "
-                                                "fused images) or float32 (default: compact)")
-    arg("--run-id", help="name of this run's manifest and summary (default: time + random)")
-    arg("--allow-local-manifest-paths", action="store_true", default=None,
-        help="let a manifest read from S3 name local files (default: such entries are error rows)")
-    arg("--manifest-buckets", help="comma-separated buckets a manifest on S3 may name besides its own")
-    parser.set_defaults(handler=handle)
+    options.add_options(parser, RestoreConfig)
+    parser.set_defaults(handler=options.handler(RestoreConfig, run_config, section="restore"))
 
 
 def config_from_args(args) -> RestoreConfig:
-    values = load_config_file(args.config) if args.config else {}
-    for f in fields(RestoreConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = value
-    return RestoreConfig.from_mapping(values).validate()
+    return options.config_from_args(args, RestoreConfig, section="restore")
 
 
-def load_config_file(path: str) -> dict:
-    text_path = Path(path)
-    if not text_path.is_file():
-        raise ConfigError("config", f"{path} is not a file")
-    text = text_path.read_text()
-    try:
-        if text_path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as err:
-        raise ConfigError("config", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {err}") \
-            from err
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of field names to values")
-    return data.get("restore", data) if isinstance(data.get("restore"), dict) else data
-
-
-def handle(args) -> int:
-    config = config_from_args(args)  # ConfigError → the CLI prints it and exits 2
+def run_config(config: RestoreConfig) -> int:
+    """The run's exit status (see the module's docstring)."""
     try:
         summary = run(config)
     except ConfigError:
