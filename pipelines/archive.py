@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from pipelines import logs, storage
 from pipelines.config_fields import ConfigError, fields_from_mapping, plain_name
-from pipelines.restore import DEFAULT_EXTENSIONS, RestoreConfig
+from pipelines.common_options import DEFAULT_EXTENSIONS
+from pipelines.restore import RestoreConfig
 
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3

@@ -21,28 +21,24 @@ Exit status: 0 when the report is written, 1 when no image could be evaluated or
 2 (the CLI's usual) for a bad configuration, caught before any work and naming the field.
 """
 
-import argparse
 import json
 import math
 import sys
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from pipelines import logs, storage
+from pipelines import common_options as common
+from pipelines import logs, options, storage
 from pipelines.config_fields import (
     ConfigError,
-    check_choice,
-    check_integer,
-    check_number,
-    fields_from_mapping,
     parse_extensions,
 )
 from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
 from pipelines.evaluate_tracking import DEFAULT_EXPERIMENT
-from pipelines.restore import DEFAULT_EXTENSIONS, PRECISIONS
+from pipelines.options import check_declared, option
 
 DEFAULT_STRENGTHS = {"denoise": (15.0, 25.0, 50.0), "deblur": (1.0, 2.0, 3.0), "sr": (float(SR_SCALE),)}
 STRENGTH_LABELS = {"denoise": "noise σ (0–255)", "deblur": "Gaussian blur σ (px)", "sr": "downscale factor"}
@@ -53,35 +49,45 @@ PER_IMAGE_FILE = "per_image.parquet"
 
 @dataclass
 class EvaluateConfig:
-    """Everything an evaluation needs. Units: pixels, CPUs/GPUs (Ray resources)."""
+    """Everything an evaluation needs, each field declared once (pipelines.options)."""
 
-    data: str                                   # clean images: folder, s3://bucket/prefix, one image or a manifest
-    task: str                                   # denoise | deblur | sr
-    report: str                                 # folder or s3://bucket/prefix for the report
-    model: str | None = None                    # any --model reference; default: default:<task>
-    strengths: tuple[float, ...] | None = None  # denoise σ (0–255), deblur σ (px), sr 8; default per task
-    seed: int = 2024                            # base seed of the degradations
-    crop: int = 0                               # centre-crop clean images to at most crop×crop pixels; 0: whole
-    fit: str = "tile"                           # tile | resize | error (see ugpnet.fitting)
-    metrics: tuple[str, ...] = ()               # extras: lpips (needs vgg16 + lpips_heads); fid is not available
-    vgg16: str | None = None                    # torchvision VGG16 state dict (LPIPS backbone)
-    lpips_heads: str | None = None              # lpips v0.1 vgg.pth linear heads
-    grid_images: int = 4                        # images (first by key) shown as grids at every strength
-    grid_crop: int = 192                        # ground-truth pixels per grid panel (centre square, 1:1)
-    actors: int = 1                             # model actors
-    batch_size: int = 4                         # model-size tiles per forward pass
-    precision: str = "fp32"                     # fp32 | bf16 | fp16 (fp16: CUDA only)
-    gpus_per_actor: float | None = None         # None: 1 when the Ray cluster has GPUs, else 0
-    cpus_per_actor: float = 0.5
-    cpus_per_task: float = 0.5
-    threads_per_actor: int = 0                  # torch threads in a CPU actor; 0: max(1, ceil(cpus_per_actor))
-    images_per_block: int = 2                   # clean images per Ray Data block
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    max_pixels: int = 100_000_000               # larger clean images become error rows
-    allow_local_manifest_paths: bool = False    # let a manifest on S3 name local files (off: they are error rows)
-    baselines: bool | None = None               # classical baselines beside the model; None: when installed
-    tracking_uri: str | None = None             # models:/ refs: MLflow; default $MLFLOW_TRACKING_URI, else sqlite
-    experiment: str = DEFAULT_EXPERIMENT        # MLflow experiment of the run logged for a registered version
+    data: str = option(help="clean images: folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest")
+    task: str = option(choices=TASKS, help="the degradation the model is measured on")
+    report: str = option(help="folder or s3://bucket/prefix for report.html, per_image.parquet, summary.json, grids/")
+    model: str | None = common.model(None, default_text="default:<task>")
+    strengths: tuple[float, ...] | None = option(
+        None, unit="denoise: noise σ in 0–255; deblur: blur σ in px; sr: the downscale factor",
+        default_text="denoise 15,25,50; deblur 1,2,3; sr 8 only", help="comma-separated degradation strengths")
+    seed: int = option(2024, minimum=0, help="base seed of the degradations")
+    crop: int = option(0, minimum=0, unit="px", default_text="0: whole image",
+                       help=f"centre-crop clean images to at most this many pixels a side (0 or >= {MIN_SIDE})")
+    fit: str = common.fit("tile")
+    metrics: tuple[str, ...] = option((), help="extra metrics: lpips (needs --vgg16 and --lpips-heads); fid is not "
+                                               "available")
+    vgg16: str | None = option(None, help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth), for LPIPS")
+    lpips_heads: str | None = option(None, help="LPIPS v0.1 VGG linear heads (lpips/weights/v0.1/vgg.pth)")
+    grid_images: int = option(4, minimum=0, unit="images", help="images (first by key) shown as LQ | restored | "
+                                                                "synthesized | fused | baselines | GT grids")
+    grid_crop: int = option(192, minimum=MIN_SIDE, unit="px", help="ground-truth pixels per grid panel, centre "
+                                                                   "square, 1:1")
+    actors: int = option(1, minimum=1, unit="actors", help="model actors")
+    batch_size: int = option(4, minimum=1, unit="tiles", help="model-size tiles per forward pass")
+    precision: str = common.precision()
+    gpus_per_actor: float | None = common.gpus_per_actor(None, "1 when the Ray cluster has GPUs, else 0")
+    cpus_per_actor: float = common.cpus_per_actor()
+    cpus_per_task: float = common.cpus_per_task()
+    threads_per_actor: int = common.threads_per_actor()
+    images_per_block: int = option(2, minimum=1, unit="images", help="clean images per Ray Data block")
+    extensions: tuple[str, ...] = common.extensions()
+    max_pixels: int = common.max_pixels()
+    allow_local_manifest_paths: bool = common.allow_local_manifest_paths()
+    baselines: bool | None = option(
+        None, default_text="on when installed (pip install 'ugpnet[baselines]')",
+        help="classical methods beside the model (denoise: OpenCV NLM, wavelet, BM3D given the true σ; deblur: "
+             "unsharp mask, Wiener given the true kernel; sr: bicubic, Lanczos); --baselines requires them, "
+             "--no-baselines skips them")
+    tracking_uri: str | None = common.tracking_uri()
+    experiment: str = common.experiment(DEFAULT_EXPERIMENT)
 
     def validate(self) -> "EvaluateConfig":
         """Check and normalise every field; raises ConfigError naming the first bad one."""
@@ -89,43 +95,23 @@ class EvaluateConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(name, "is required (a non-empty string)")
-        check_choice("task", self.task, TASKS)
+        check_declared(self)
         if self.model is None:
             self.model = f"default:{self.task}"
-        if not isinstance(self.model, str) or not self.model.strip():
+        if not self.model.strip():
             raise ConfigError("model", "must be a model reference (bundle dir, models:/..., default:TASK, preset:NAME)")
         self.strengths = self._strengths()
-        check_integer("seed", self.seed, minimum=0)
-        check_integer("crop", self.crop, minimum=0)
         if 0 < self.crop < MIN_SIDE:
             raise ConfigError("crop", f"must be 0 (whole image) or >= {MIN_SIDE} pixels, got {self.crop}")
-        check_choice("fit", self.fit, ("tile", "resize", "error"))
         self.metrics = self._metrics()
-        check_integer("grid_images", self.grid_images, minimum=0)
-        check_integer("grid_crop", self.grid_crop, minimum=MIN_SIDE)
-        check_integer("actors", self.actors, minimum=1)
-        check_integer("batch_size", self.batch_size, minimum=1)
-        check_choice("precision", self.precision, PRECISIONS)
         if self.gpus_per_actor is not None:
-            check_number("gpus_per_actor", self.gpus_per_actor, minimum=0.0)
             _check_fp16(self)
-        check_number("cpus_per_actor", self.cpus_per_actor, minimum=0.0)
         if self.cpus_per_actor == 0 and not self.gpus_per_actor:
             raise ConfigError("cpus_per_actor", "an actor with neither CPUs nor GPUs would oversubscribe the node")
-        check_number("cpus_per_task", self.cpus_per_task, minimum=0.0, exclusive=True)
-        check_integer("threads_per_actor", self.threads_per_actor, minimum=0)
-        check_integer("images_per_block", self.images_per_block, minimum=1)
         self.extensions = parse_extensions(self.extensions)
-        check_integer("max_pixels", self.max_pixels, minimum=1)
-        if not isinstance(self.allow_local_manifest_paths, bool):
-            raise ConfigError("allow_local_manifest_paths", f"must be true or false, got "
-                                                            f"{self.allow_local_manifest_paths!r}")
-        for name in ("vgg16", "lpips_heads"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise ConfigError(name, f"must be a file path, got {getattr(self, name)!r}")
         for name in ("tracking_uri", "experiment"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
+            if value is not None and not value.strip():
                 raise ConfigError(name, f"must be a non-empty string, got {value!r}")
         self.baselines = self._baselines()
         return self
@@ -208,8 +194,7 @@ class EvaluateConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "EvaluateConfig":
-        normalised = fields_from_mapping(cls, values, ("data", "task", "report"))
-        return cls(**normalised)
+        return options.from_mapping(cls, values)
 
     def public_dict(self) -> dict:
         data = asdict(self)
@@ -447,50 +432,15 @@ def _finish(table, config, model, report, run_id, images, started,
 def add_parsers(sub) -> None:
     parser = sub.add_parser("evaluate", help="measure a model on degraded clean images; write an HTML report",
                             description=__doc__.split("\n\n")[0])
-    arg = parser.add_argument
-    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], preset:NAME "
-                        "(default: default:<task>)")
-    arg("--data", help="clean images: folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest")
-    arg("--task", help="denoise | deblur | sr")
-    arg("--report", help="folder or s3://bucket/prefix for report.html, per_image.parquet, summary.json, grids/")
-    arg("--strengths", help="comma-separated: denoise noise σ in 0–255 (default 15,25,50), deblur blur σ in px "
-                            "(default 1,2,3), sr 8 only")
-    arg("--seed", type=int, help="base seed of the degradations (default: 2024)")
-    arg("--crop", type=int, help="centre-crop clean images to at most this many pixels a side (default: whole)")
-    arg("--fit", choices=("tile", "resize", "error"), help="how any image size meets the model (default: tile)")
-    arg("--metrics", help="extra metrics: lpips (needs --vgg16 and --lpips-heads); fid is not available")
-    arg("--vgg16", help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth), for LPIPS")
-    arg("--lpips-heads", help="LPIPS v0.1 VGG linear heads (lpips/weights/v0.1/vgg.pth)")
-    arg("--grid-images", type=int, help="images shown as LQ|restored|synthesized|fused|baselines|GT grids "
-                                        "(default: 4)")
-    arg("--grid-crop", type=int, help="ground-truth pixels per grid panel, centre square (default: 192)")
-    arg("--actors", type=int, help="model actors (default: 1)")
-    arg("--batch-size", type=int, help="model-size tiles per forward pass (default: 4)")
-    arg("--precision", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU (default: fp32)")
-    arg("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 when the cluster has GPUs)")
-    arg("--cpus-per-actor", type=float, help="CPUs reserved per model actor (default: 0.5)")
-    arg("--extensions", help="comma-separated image file endings taken from folders and prefixes")
-    arg("--baselines", action=argparse.BooleanOptionalAction, default=None,
-        help="classical methods beside the model (denoise: OpenCV NLM, wavelet, BM3D given the true σ; deblur: "
-             "unsharp mask, Wiener given the true kernel; sr: bicubic, Lanczos). Default: on when "
-             "installed (pip install 'ugpnet[baselines]'); --baselines requires them, --no-baselines skips them")
-    arg("--allow-local-manifest-paths", action="store_true", default=None,
-        help="let a manifest read from S3 name local files (default: such entries are error rows)")
-    arg("--tracking-uri", help="MLflow tracking URI for models:/ references, where the evaluation run is logged "
-                               "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    arg("--experiment", help=f"MLflow experiment of that run (default: {DEFAULT_EXPERIMENT})")
-    parser.set_defaults(handler=handle)
+    options.add_options(parser, EvaluateConfig)
+    parser.set_defaults(handler=options.handler(EvaluateConfig, run_config, section="evaluate"))
 
 
 def config_from_args(args) -> EvaluateConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(EvaluateConfig) if getattr(args, f.name, None) is not None}
-    for name in ("data", "task", "report"):
-        values.setdefault(name, "")
-    return EvaluateConfig.from_mapping(values).validate()
+    return options.config_from_args(args, EvaluateConfig, section="evaluate")
 
 
-def handle(args) -> int:
-    config = config_from_args(args)  # ConfigError → the CLI prints it and exits 2
+def run_config(config: EvaluateConfig) -> int:
     try:
         summary = run(config)
     except ConfigError:

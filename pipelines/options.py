@@ -71,7 +71,10 @@ def add_options(parser: argparse.ArgumentParser, cls, *, dest_prefix: str = "", 
         if not spec.cli or only and f.name not in only:
             continue
         kind = value_kind(f.type)
-        text = f"{spec.help} ({default_phrase(f, spec)})"
+        # Choices are listed, not enforced by argparse: validation refuses a bad value naming the field,
+        # the same way whether it came from a flag, the config file or --set.
+        choices = f"one of {', '.join(map(str, spec.choices))}; " if spec.choices else ""
+        text = f"{spec.help} ({choices}{default_phrase(f, spec)})"
         dest = dest_prefix + f.name
         if spec.positional:
             parser.add_argument(dest, nargs="?", default=None, help=text, metavar=f.name.upper())
@@ -80,8 +83,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, dest_prefix: str = "", 
                                 default=None, help=text)
         else:
             parser.add_argument(spec.flag or flag_of(f.name), dest=dest, default=None, help=text,
-                                type=kind if kind in (int, float) else str, choices=spec.choices or None,
-                                metavar=None if spec.choices else f.name.upper())
+                                type=kind if kind in (int, float) else str, metavar=f.name.upper())
     if common:
         add_common_flags(parser)
 

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from pipelines import common_options as common
 from pipelines import logs, options, storage
 from pipelines.cluster_resources import check_resources, ensure_ray
 from pipelines.config_fields import (
@@ -41,15 +42,8 @@ from pipelines.error_kinds import is_input_error
 from pipelines.options import check_declared, option
 from pipelines.restore_stages import ERROR, MODULES, OK, PENDING, SKIPPED, TRANSPORTS
 
-FIT_POLICIES = ("resize", "tile", "error")  # ugpnet.fitting.FIT_POLICIES (not imported: torch, as above)
-PRECISIONS = ("fp32", "bf16", "fp16")  # ugpnet.inference.PRECISIONS (not imported: it pulls in torch)
-COMPILE_MODES = ("off", "on", "auto")  # ugpnet.compiled.COMPILE_MODES
-
 EXIT_RUN_FAILED = 1
 EXIT_ERROR_RATE = 3
-# ugpnet.images.READABLE_EXTENSIONS, every format the decoder reads (not imported: ugpnet pulls in
-# torch, which the CLI loads only when it runs a model; test_images checks the two agree).
-DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 OUTPUT_EXTS = ("png", "jpg", "webp", "tiff", "auto")  # auto: each input's own format (restore_inputs.output_ext)
 _EXT_ALIASES = {"jpeg": "jpg", "tif": "tiff"}
 STAGE_MODES = ("fused", "split")
@@ -66,9 +60,8 @@ class RestoreConfig:
 
     input: str = option(help="folder, s3://bucket/prefix, one image, or a .txt/.csv/.parquet manifest of URIs")
     output: str = option(help="folder or s3://bucket/prefix")
-    model: str = option("default", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], "
-                                        "preset:NAME")
-    fit: str = option("resize", choices=FIT_POLICIES, help="how any image size meets the model (ugpnet.fitting)")
+    model: str = common.model()
+    fit: str = common.fit()
     stages: str = option("fused", choices=STAGE_MODES, help="fused: one actor pool runs all modules; split: one "
                                                             "pool per module")
     actors: tuple[int, ...] = option((1,), unit="actors", help="actors per pool; split mode also takes R,S,F "
@@ -77,17 +70,15 @@ class RestoreConfig:
                                     default_text="measured per device when each actor starts; on CPU never "
                                                  "slower per image than 1",
                                     help="model-size tiles per forward pass (and images per model call)")
-    precision: str = option("fp32", choices=PRECISIONS, help="forward pass precision; fp16 needs a GPU")
-    compile: str = option("off", choices=COMPILE_MODES,
+    precision: str = common.precision()
+    compile: str = option("off", choices=common.COMPILE_MODES,
                           help="torch.compile the model: auto compiles when the planned images amortise it")
     compile_cache_dir: str = option("", default_text="~/.cache/ugpnet/inductor",
                                     help="inductor cache folder on each actor's node")
-    gpus_per_actor: float = option(0.0, minimum=0.0, unit="GPUs", help="GPUs per model actor, fractional allowed")
-    cpus_per_actor: float = option(0.5, minimum=0.0, unit="CPUs", help="Ray CPUs reserved per model actor")
-    cpus_per_task: float = option(0.5, minimum=0.0, exclusive=True, unit="CPUs",
-                                  help="Ray CPUs reserved per read/decode or encode/write task")
-    threads_per_actor: int = option(0, minimum=0, unit="threads", default_text="0: max(1, ceil(cpus-per-actor))",
-                                    help="torch threads in a CPU actor")
+    gpus_per_actor: float = common.gpus_per_actor()
+    cpus_per_actor: float = common.cpus_per_actor()
+    cpus_per_task: float = common.cpus_per_task()
+    threads_per_actor: int = common.threads_per_actor()
     ext: str = option("png", help="output format: png, jpg, webp, tiff or auto (each input's own; bmp and gif "
                                   "become png); 16-bit inputs stay 16-bit in png and tiff, jpg and webp hold 8 bits")
     suffix: str = option("", help="appended to each output stem: a/b.jpg → a/b<suffix>.png")
@@ -98,12 +89,10 @@ class RestoreConfig:
     overwrite: bool = option(False, help="redo inputs already done for this model version")
     max_error_rate: float = option(1.0, minimum=0.0, maximum=1.0, unit="fraction",
                                    help="exit 3 when errors / processed exceeds this")
-    extensions: tuple[str, ...] = option(DEFAULT_EXTENSIONS, help="comma-separated input file endings taken from "
-                                                                  "folders and prefixes")
+    extensions: tuple[str, ...] = common.extensions()
     tile_overlap: int | None = option(None, minimum=0, unit="input px", default_text="input size / 4",
                                       help="tile overlap")
-    max_pixels: int = option(100_000_000, minimum=1, unit="px", help="largest input width*height accepted; larger "
-                                                                     "inputs are error rows")
+    max_pixels: int = common.max_pixels()
     max_output_pixels: int | None = option(None, minimum=1, unit="px",
                                            default_text="no pixel limit; the memory budget decides",
                                            help="largest output width*height*scale² accepted")
@@ -117,10 +106,8 @@ class RestoreConfig:
                                  help="inputs per Ray Data block")
     transport: str = option("compact", choices=TRANSPORTS, help="how tiles travel between stages: compact (uint16 "
                                                                 "tiles, 8-bit fused images) or float32")
-    run_id: str | None = option(None, default_text="UTC time + random suffix",
-                                help="name of this run's manifest and summary")
-    allow_local_manifest_paths: bool = option(False, help="let a manifest read from S3 name local files (off: such "
-                                                          "entries are error rows)")
+    run_id: str | None = common.run_id()
+    allow_local_manifest_paths: bool = common.allow_local_manifest_paths()
     manifest_buckets: tuple[str, ...] = option((), help="comma-separated buckets a manifest on S3 may name besides "
                                                         "its own")
 

@@ -474,7 +474,7 @@ def test_resize_alpha_keeps_range_and_flat_values():
 
 
 def test_the_pipelines_take_the_endings_the_decoder_reads():
-    from pipelines.restore import DEFAULT_EXTENSIONS
+    from pipelines.common_options import DEFAULT_EXTENSIONS
     from pipelines.train_config import IMAGE_EXTENSIONS
     from ugpnet.images import PHOTO_EXTENSIONS, READABLE_EXTENSIONS
 

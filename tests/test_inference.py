@@ -175,12 +175,14 @@ def test_a_bad_execution_field_is_named(field, value):
 
 
 def test_the_config_choices_are_the_library_ones():
-    import pipelines.restore
+    import pipelines.common_options
     import ugpnet.compiled
+    import ugpnet.fitting
     import ugpnet.inference
 
-    assert pipelines.restore.PRECISIONS == ugpnet.inference.PRECISIONS
-    assert pipelines.restore.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
+    assert pipelines.common_options.FIT_POLICIES == ugpnet.fitting.FIT_POLICIES
+    assert pipelines.common_options.PRECISIONS == ugpnet.inference.PRECISIONS
+    assert pipelines.common_options.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
 
 
 def test_fp16_without_a_gpu_is_a_config_error():
