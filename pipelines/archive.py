@@ -21,7 +21,6 @@ retried by the next run, see pipelines.error_kinds); 4 another run holds the lea
 """
 
 import _thread
-import json
 import os
 import sys
 import tempfile
@@ -29,11 +28,12 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
-from pipelines import logs, storage
-from pipelines.config_fields import ConfigError, fields_from_mapping, plain_name
-from pipelines.common_options import DEFAULT_EXTENSIONS
+from pipelines import common_options as common
+from pipelines import logs, options, storage
+from pipelines.config_fields import ConfigError, plain_name
+from pipelines.options import check_declared, option
 from pipelines.restore import RestoreConfig
 
 EXIT_RUN_FAILED = 1
@@ -50,20 +50,25 @@ ARCHIVE_OWNED = ("input", "output", "model", "run_id", "overwrite", "extensions"
 
 @dataclass
 class ArchiveConfig:
-    """One scheduled run. Units: objects, seconds."""
+    """One scheduled run, each field declared once (pipelines.options)."""
 
-    source: str                                 # folder or s3://bucket/prefix holding the archive
-    dest: str                                   # folder or s3://bucket/prefix for outputs (as restore names them)
-    state: str                                  # folder or s3://bucket/prefix for state, lease and history
-    model: str                                  # any restore model reference; resolved once per run
-    max_items: int = 0                          # objects processed per run at most; 0: no cap
-    reprocess_on_model_change: bool = False     # also redo unchanged objects made by another model version
-    retry_errors: bool = False                  # also redo unchanged objects whose last outcome was an error
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    lease_ttl_s: float = 900.0                  # a dead run's lease blocks others this long; renewed every ttl/3
-    keep_versions: int = 10                     # state files kept (commit records and changes are all kept)
-    run_id: str | None = None                   # default: archive-<UTC time>-<random>
-    restore: dict = field(default_factory=dict)  # RestoreConfig fields for the processing (fit, actors, ext, …)
+    source: str = option(help="folder or s3://bucket/prefix holding the archive")
+    dest: str = option(help="folder or s3://bucket/prefix for the outputs (named as restore names them)")
+    state: str = option(help="folder or s3://bucket/prefix for the committed state, lease and history")
+    model: str = option(help=f"{common.MODEL_REFERENCES}; resolved once per run")
+    max_items: int = option(0, minimum=0, unit="objects", default_text="0: all",
+                            help="process at most this many objects this run; the rest waits")
+    reprocess_on_model_change: bool = option(False, help="also redo unchanged objects whose output another model "
+                                                         "version made")
+    retry_errors: bool = option(False, help="also redo unchanged objects whose last outcome was an error")
+    extensions: tuple[str, ...] = common.extensions()
+    lease_ttl_s: float = option(900.0, minimum=0.0, exclusive=True, unit="s", flag="--lease-ttl",
+                                help="a dead run's lease blocks others this long; renewed every ttl/3")
+    keep_versions: int = option(10, minimum=0, unit="versions", help="state files kept (commit records and "
+                                                                     "changes are all kept)")
+    run_id: str | None = common.run_id("archive-<UTC time>-<random>")
+    restore: dict = option(factory=dict, cli=False, help="RestoreConfig fields for the processing (fit, actors, "
+                                                         "ext, …)")
 
     def validate(self) -> "ArchiveConfig":
         for name in ("source", "dest", "state", "model"):
@@ -75,16 +80,7 @@ class ArchiveConfig:
                     storage.resolve(value)
                 except storage.StorageError as err:
                     raise ConfigError(name, str(err)) from err
-        for name in ("max_items", "keep_versions"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
-        if isinstance(self.lease_ttl_s, bool) or not isinstance(self.lease_ttl_s, int | float) \
-                or not self.lease_ttl_s > 0:
-            raise ConfigError("lease_ttl_s", f"must be a number of seconds > 0, got {self.lease_ttl_s!r}")
-        for name in ("reprocess_on_model_change", "retry_errors"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        check_declared(self)
         locations = {name: storage.resolve(getattr(self, name)) for name in ("source", "dest", "state")}
         for a, b in (("source", "dest"), ("source", "state"), ("dest", "state")):
             try:  # outputs or state files written into the source (or each other) would be lost or re-read
@@ -120,11 +116,11 @@ class ArchiveConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "ArchiveConfig":
-        normalised = fields_from_mapping(cls, values, ("source", "dest", "state", "model"))
+        normalised = dict(values)
         if isinstance(normalised.get("extensions"), str | list | tuple):  # element types: checked by validate
             normalised["extensions"] = tuple(normalised["extensions"].split(",") if isinstance(
                 normalised["extensions"], str) else normalised["extensions"])
-        return cls(**normalised)
+        return options.from_mapping(cls, normalised)
 
 
 @dataclass
@@ -296,79 +292,30 @@ def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict
 
 # ---------------------------------------------------------------- CLI
 
-RESTORE_FLAGS = (("--fit", str), ("--stages", str), ("--actors", str), ("--batch-size", int),
-                 ("--gpus-per-actor", float), ("--cpus-per-actor", float), ("--cpus-per-task", float),
-                 ("--ext", str), ("--suffix", str), ("--max-error-rate", float), ("--precision", str),
-                 ("--compile", str), ("--strip-metadata", bool))
+# Restore options an archive run passes through (`--fit tile` is `restore.fit`); any other restore field
+# may be given under `restore:` in the config file or with `--set restore.FIELD=VALUE`.
+RESTORE_FLAGS = ("fit", "stages", "actors", "batch_size", "gpus_per_actor", "cpus_per_actor", "cpus_per_task",
+                 "ext", "suffix", "max_error_rate", "precision", "compile", "strip_metadata")
 
 
 def add_parsers(sub) -> None:
     parser = sub.add_parser("archive", help="incremental, scheduled restoration of a growing archive",
                             description=__doc__.split("\n\n")[0])
-    arg = parser.add_argument
-    arg("--config", help="YAML or JSON file of ArchiveConfig fields (restore fields under `restore:`)")
-    arg("--source", help="folder or s3://bucket/prefix of the archive")
-    arg("--dest", help="folder or s3://bucket/prefix for the outputs")
-    arg("--state", help="folder or s3://bucket/prefix for the committed state, lease and history")
-    arg("--model", help="bundle dir, models:/NAME@ALIAS, models:/NAME/VERSION, default[:TASK], preset:NAME")
-    arg("--max-items", type=int, help="process at most this many objects this run; the rest waits (default: all)")
-    arg("--reprocess-on-model-change", action="store_true", default=None,
-        help="also redo unchanged objects whose output another model version made")
-    arg("--retry-errors", action="store_true", default=None, help="also redo unchanged objects that errored")
-    arg("--extensions", help="comma-separated file endings taken from the source")
-    arg("--lease-ttl", dest="lease_ttl_s", type=float, help="lease lifetime in seconds (default: 900)")
-    arg("--keep-versions", type=int, help="state files to keep (default: 10)")
-    arg("--run-id", help="name of this run (default: time + random)")
-    for flag, kind in RESTORE_FLAGS:
-        dest = f"restore_{flag[2:].replace('-', '_')}"
-        if kind is bool:  # a switch, as in restore: given → true, absent → the config file's or the default
-            arg(flag, action="store_true", default=None, dest=dest, help="as in `ugpnet restore`")
-        else:
-            arg(flag, type=kind, dest=dest, help="as in `ugpnet restore`")
-    arg("--dry-run", action="store_true", help="validate and print the resolved config; touch nothing")
-    parser.set_defaults(handler=handle)
+    options.add_options(parser, ArchiveConfig, common=False)
+    options.add_options(parser.add_argument_group("restore options (as in `ugpnet restore`)"), RestoreConfig,
+                        dest_prefix="restore.", only=RESTORE_FLAGS, common=False)
+    options.add_common_flags(parser)
+    parser.set_defaults(handler=options.handler(ArchiveConfig, run_config, section="archive"))
 
 
 def config_from_args(args) -> ArchiveConfig:
-    values = _load_file(args.config) if args.config else {}
-    for f in fields(ArchiveConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name != "restore":
-            values[f.name] = value
-    restore_values = dict(values.get("restore") or {})
-    for flag, _ in RESTORE_FLAGS:
-        name = flag[2:].replace("-", "_")
-        value = getattr(args, f"restore_{name}", None)
-        if value is not None:
-            restore_values[name] = value
-    values["restore"] = restore_values
-    return ArchiveConfig.from_mapping(values).validate()
+    return options.config_from_args(args, ArchiveConfig, section="archive")
 
 
-def _load_file(path: str) -> dict:
-    """A YAML/JSON mapping of ArchiveConfig fields (restore's loader would pick out `restore:` alone)."""
-    import yaml  # JSON is YAML too
-
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError("config", f"cannot read {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of field names to values")
-    return dict(data["archive"]) if isinstance(data.get("archive"), dict) else data
-
-
-def handle(args) -> int:
+def run_config(config: ArchiveConfig) -> int:
     from pipelines.archive_lease import LeaseHeld, LeaseLost
     from pipelines.archive_state import CommitConflict, StateCorrupt
 
-    config = config_from_args(args)  # ConfigError → exit 2
-    if args.dry_run:
-        data = asdict(config)
-        data["extensions"] = list(config.extensions)
-        print(json.dumps(data, indent=2))
-        return 0
     try:
         summary = run(config)
     except ConfigError:
