@@ -13,7 +13,7 @@ class ConfigError(ValueError):
 
     def __init__(self, field_name: str, message: str):
         super().__init__(f"config field '{field_name}': {message}")
-        self.field = field_name
+        self.field, self.reason = field_name, message
 
 
 def fields_from_mapping(cls, values: dict, required: tuple[str, ...]) -> dict:

@@ -78,6 +78,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, dest_prefix: str = "", 
         dest = dest_prefix + f.name
         if spec.positional:
             parser.add_argument(dest, nargs="?", default=None, help=text, metavar=f.name.upper())
+        elif kind is bool and spec.flag and spec.flag.startswith("--no-"):  # an off-switch alone: --no-register
+            parser.add_argument(spec.flag, dest=dest, action="store_false", default=None, help=text)
         elif kind is bool:
             parser.add_argument(spec.flag or flag_of(f.name), dest=dest, action=argparse.BooleanOptionalAction,
                                 default=None, help=text)
@@ -130,18 +132,22 @@ def describe_value(value) -> str:
 def config_values(args: argparse.Namespace, cls, section: str | None = None) -> dict:
     """The mapping a config is built from: the config file, then every flag given, then `--set`."""
     values = load_config_file(args.config, section) if getattr(args, "config", None) else {}
-    for name, value in vars(args).items():
+    for name, value in flag_values(args, cls).items():
         head, _, rest = name.partition(".")
-        if value is None or name not in {f.name for f in fields(cls)} and not rest:
-            continue
         if rest:  # a nested field's flag, e.g. archive's --fit → restore.fit
-            values.setdefault(head, {})
-            values[head] = {**values[head], rest: value}
+            values[head] = {**values.get(head, {}), rest: value}
         else:
             values[name] = value
     for text in getattr(args, "overrides", None) or ():
         set_dotted(values, *split_override(text))
     return values
+
+
+def flag_values(args: argparse.Namespace, cls) -> dict:
+    """The flags given on the command line for fields of `cls` (and dotted, nested ones)."""
+    names = {f.name for f in fields(cls)}
+    return {name: value for name, value in vars(args).items()
+            if value is not None and (name in names or "." in name)}
 
 
 def split_override(text: str) -> tuple[str, Any]:

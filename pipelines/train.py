@@ -12,8 +12,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines import logs, storage
+from pipelines import logs, options, storage
 from pipelines.bundle_store import bundle_exists, bundle_payload, fetched_bundle, upload_directory
+from pipelines.options import option
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
@@ -274,44 +275,39 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@dataclass
+class TrainShortcuts:
+    """Flags that set parts of several TrainConfig fields at once (also accepted in a config file)."""
+
+    steps: str | None = option(None, unit="iterations", default_text="the preset's",
+                               help="iterations per stage, comma-separated, e.g. 2000,4000,2000")
+    batch_size: int | None = option(None, minimum=1, unit="crops", default_text="the preset's",
+                                    help="batch size of every stage")
+    stage: str | None = option(None, choices=STAGES, default_text="all stages", help="run this stage alone")
+    vgg16: str | None = option(None, help="torchvision VGG16 weights (LPIPS backbone)")
+    lpips_heads: str | None = option(None, help="LPIPS v0.1 vgg linear heads")
+    vgg19: str | None = option(None, help="torchvision VGG19 weights (contextual loss)")
+
+
 def add_parsers(sub) -> None:
     parser = sub.add_parser("train", help="train the three stages on Ray Train, tracked in MLflow")
-    parser.add_argument("--config", help="YAML or JSON file with any of the fields below")
-    parser.add_argument("--preset")
-    parser.add_argument("--task", choices=("denoise", "deblur", "sr"))
-    parser.add_argument("--data", help="folder or s3:// prefix of clean images")
-    parser.add_argument("--run-name", dest="run_name")
-    parser.add_argument("--storage", help="folder or s3:// prefix for checkpoints (default ./runs)")
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
-    parser.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float)
-    parser.add_argument("--steps", help="iterations per stage, e.g. 2000,4000,2000")
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--stage", choices=STAGES, help="run this stage alone")
-    parser.add_argument("--degradation", help="named degradation (default: the task's)")
-    parser.add_argument("--init-bundle", dest="init_bundle", help="start from this bundle")
-    parser.add_argument("--register", help="registered model name (default ugpnet-<task>)")
-    parser.add_argument("--no-register", dest="register_model", action="store_false", default=None)
-    parser.add_argument("--tracking-uri", dest="tracking_uri")
-    parser.add_argument("--experiment")
-    parser.add_argument("--vgg16", help="torchvision VGG16 weights (LPIPS backbone)")
-    parser.add_argument("--lpips-heads", dest="lpips_heads", help="LPIPS v0.1 vgg linear heads")
-    parser.add_argument("--vgg19", help="torchvision VGG19 weights (contextual loss)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any field, e.g. --set hyperparams.fusion.lr=5e-4 (repeatable)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    options.add_options(parser, TrainConfig, common=False)
+    options.add_options(parser, TrainShortcuts, common=False)
+    options.add_common_flags(parser)
     parser.set_defaults(handler=run_cli)
 
 
 def run_cli(args) -> int:
-    values = {k: getattr(args, k) for k in ("preset", "task", "data", "run_name", "storage", "workers", "use_gpu",
-                                            "cpus_per_worker", "steps", "batch_size", "degradation", "init_bundle",
-                                            "register", "register_model", "tracking_uri", "experiment")}
-    if args.stage:
-        values["stages"] = [args.stage]
-    perceptual = {k: getattr(args, k) for k in ("vgg16", "lpips_heads", "vgg19") if getattr(args, k)}
+    values = options.flag_values(args, TrainConfig)
+    shortcuts = options.flag_values(args, TrainShortcuts)
+    if "stage" in shortcuts:
+        if shortcuts["stage"] not in STAGES:
+            raise ValueError(f"stage: must be one of {', '.join(STAGES)}, got {shortcuts['stage']!r}")
+        values["stages"] = [shortcuts.pop("stage")]
+    perceptual = {k: shortcuts.pop(k) for k in ("vgg16", "lpips_heads", "vgg19") if shortcuts.get(k)}
     if perceptual:
         values["hyperparams"] = {"perceptual": perceptual}
+    values.update(shortcuts)
     config = build_config(values, args.overrides, args.config)
     if args.dry_run:
         print(json.dumps(redact_values(config.to_dict()), indent=2, default=str))

@@ -1,11 +1,12 @@
 """The training run's configuration: one typed object, built from the CLI, a config file and
 `--set key=value` overrides, validated before any work (errors name the field)."""
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from pipelines import common_options
+from pipelines.config_fields import ConfigError
+from pipelines.options import check_declared, load_config_file, option, parse_value
 from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS
 from ugpnet.images import PHOTO_EXTENSIONS
 from ugpnet.presets import PRESETS, TASKS, get_preset
@@ -17,26 +18,36 @@ IMAGE_EXTENSIONS = PHOTO_EXTENSIONS  # what training reads from `data` (no GIF: 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str                                   # a key of ugpnet.PRESETS
-    data: str                                     # folder or s3:// prefix of clean images
-    run_name: str                                 # names the MLflow parent run and the storage folder
-    storage: str = "runs"                         # folder or s3:// prefix for checkpoints and bundles
-    task: str | None = None                       # denoise | deblur | sr; default: the preset's task
-    degradation: str | None = None                # a named degradation; default: the task's default
-    workers: int = 1                              # Ray Train workers (DDP: gloo on CPU, NCCL on GPU)
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None          # None: fit the workers into the cluster, leave room for data
-    stages: tuple[str, ...] = STAGES              # the stages to run, in order
-    init_bundle: str | None = None                # start from this bundle instead of fresh weights
-    register: str | None = None                   # registered model name; default ugpnet-<task>
-    register_model: bool = True                   # log, register and alias the final bundle
-    tracking_uri: str | None = None               # default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    experiment: str = "ugpnet-train"
-    val_fraction: float = 0.1                     # share of images held out (fixed by path hash)
-    val_max_images: int = 16                      # validation crops evaluated (≤ 5 per held-out image)
-    log_interval: int = 10                        # iterations between loss logs
-    max_failures: int = 2                         # worker-group restarts per stage (FailureConfig)
-    hyperparams: TrainHyperparams = field(default=None)  # per-stage settings; default from the preset
+    """One training run, each field declared once (pipelines.options); validated by `validate` below."""
+
+    preset: str = option(help="a model preset (`ugpnet presets` lists them)")
+    data: str = option(help="folder or s3:// prefix of clean images")
+    run_name: str = option(help="names the MLflow parent run and the storage folder; re-running it resumes")
+    storage: str = option("runs", help="folder or s3:// prefix for checkpoints and bundles")
+    task: str | None = option(None, choices=TASKS, default_text="the preset's task", help="the task trained for")
+    degradation: str | None = option(None, default_text="the task's",
+                                     help=f"named degradation, one of {', '.join(NAMED_DEGRADATIONS)}")
+    workers: int = option(1, minimum=1, unit="workers", help="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
+    use_gpu: bool = option(False, flag="--gpu", help="one GPU per worker")
+    cpus_per_worker: float | None = option(None, minimum=0, exclusive=True, unit="CPUs",
+                                           default_text="fit the workers into the cluster, leaving room for data",
+                                           help="Ray CPUs per training worker")
+    stages: tuple[str, ...] = option(STAGES, help="the stages to run, in order, comma-separated")
+    init_bundle: str | None = option(None, help="start from this bundle instead of fresh weights")
+    register: str | None = option(None, default_text="ugpnet-<task>", help="registered model name")
+    register_model: bool = option(True, flag="--no-register", help="log, register and alias the final bundle; "
+                                                                   "--no-register skips it")
+    tracking_uri: str | None = common_options.tracking_uri()
+    experiment: str = common_options.experiment("ugpnet-train")
+    val_fraction: float = option(0.1, minimum=0, exclusive=True, maximum=1, unit="fraction",
+                                 help="share of images held out (fixed by path hash)")
+    val_max_images: int = option(16, minimum=1, unit="crops",
+                                 help="validation crops evaluated (≤ 5 per held-out image)")
+    log_interval: int = option(10, minimum=1, unit="iterations", help="iterations between loss logs")
+    max_failures: int = option(2, minimum=0, unit="restarts", help="worker-group restarts per stage (FailureConfig)")
+    hyperparams: TrainHyperparams = option(None, cli=False, default_text="the preset's",
+                                           help="per-stage settings (hyperparams.STAGE.KEY), e.g. --set "
+                                                "hyperparams.fusion.lr=5e-4")
 
     def __post_init__(self):
         if self.hyperparams is None and self.preset in PRESETS:
@@ -56,27 +67,13 @@ class TrainConfig:
         return data
 
 
-# The type of every plain field; a value of any other type fails validation, naming the field.
-_FIELD_TYPES = {
-    "preset": (str,), "data": (str,), "run_name": (str,), "storage": (str,), "task": (str, None),
-    "degradation": (str, None), "workers": (int,), "use_gpu": (bool,), "cpus_per_worker": (int, float, None),
-    "init_bundle": (str, None), "register": (str, None), "register_model": (bool,), "tracking_uri": (str, None),
-    "experiment": (str,), "val_fraction": (int, float), "val_max_images": (int,), "log_interval": (int,),
-    "max_failures": (int,),
-}
-
-
 def check_types(config: TrainConfig) -> None:
-    """`workers: "2"`, `use_gpu: "yes"`, `val_fraction: null` and the like: refused, naming the field."""
-    for name, kinds in _FIELD_TYPES.items():
-        value = getattr(config, name)
-        if value is None and None in kinds:
-            continue
-        types = tuple(kind for kind in kinds if kind is not None)
-        is_bool = isinstance(value, bool)
-        if not isinstance(value, types) or (is_bool and bool not in types) or (not is_bool and types == (bool,)):
-            wanted = " or ".join("null" if k is None else k.__name__ for k in kinds)
-            raise ValueError(f"{name}: must be {wanted}, got {value!r}")
+    """`workers: "2"`, `use_gpu: "yes"`, `val_fraction: null` and the like: refused, naming the field,
+    as the fields' declarations say (pipelines.options), in this verb's `field: reason` wording."""
+    try:
+        check_declared(config)
+    except ConfigError as err:
+        raise ValueError(f"{err.field}: {err.reason}") from None
     if not isinstance(config.stages, tuple) or not all(isinstance(stage, str) for stage in config.stages):
         raise ValueError(f"stages: must be a list of stage names, got {config.stages!r}")
     if not isinstance(config.hyperparams, TrainHyperparams):
@@ -88,23 +85,15 @@ def validate(config: TrainConfig) -> None:
     check_types(config)
     if config.preset not in PRESETS:
         raise ValueError(f"preset: unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
-    if config.task is not None and config.task not in TASKS:
-        raise ValueError(f"task: must be one of {', '.join(TASKS)}, got {config.task!r}")
     if config.degradation is not None and config.degradation not in NAMED_DEGRADATIONS:
         raise ValueError(f"degradation: unknown {config.degradation!r}; known: {', '.join(NAMED_DEGRADATIONS)}")
     if not config.run_name or "/" in config.run_name or config.run_name.startswith("."):
         raise ValueError(f"run_name: must be a plain name, got {config.run_name!r}")
-    if config.workers < 1:
-        raise ValueError(f"workers: must be >= 1, got {config.workers}")
-    if config.cpus_per_worker is not None and config.cpus_per_worker <= 0:
-        raise ValueError(f"cpus_per_worker: must be > 0, got {config.cpus_per_worker}")
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown or not config.stages:
         raise ValueError(f"stages: must be a non-empty subset of {', '.join(STAGES)}, got {list(config.stages)}")
-    if not 0 < config.val_fraction < 1:
+    if config.val_fraction >= 1:
         raise ValueError(f"val_fraction: must be in (0, 1), got {config.val_fraction}")
-    if config.val_max_images < 1 or config.log_interval < 1 or config.max_failures < 0:
-        raise ValueError("val_max_images and log_interval must be >= 1, max_failures >= 0")
     if not config.experiment.strip():
         raise ValueError("experiment: must be a non-empty name")
     check_hyperparams(config.hyperparams, config.preset, tuple(config.stages))
@@ -159,14 +148,6 @@ def degradation_for(config: TrainConfig):
         DEFAULT_DEGRADATIONS[config.resolved_task]
 
 
-def parse_value(text: str) -> Any:
-    """`--set` values are JSON when they parse as JSON (numbers, lists, true), else strings."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def apply_override(data: dict[str, Any], dotted_key: str, value: Any) -> None:
     """Set `a.b.c` in nested dicts; unknown keys are an error naming the key."""
     node, parts = data, dotted_key.split(".")
@@ -192,7 +173,7 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
     """Defaults ← config file ← explicit CLI values ← `--set` overrides; then validation."""
     data: dict[str, Any] = {}
     if config_file:
-        data.update(read_config_file(config_file))
+        data.update(load_config_file(config_file))
     data.update({k: v for k, v in values.items() if v is not None})
     for name in ("preset", "data", "run_name"):
         if not data.get(name):
@@ -249,16 +230,3 @@ def _count(name: str, value) -> int:
                                        and value.strip().isdigit()):
         raise ValueError(f"{name}: must be an integer, got {value!r}")
     return int(value)
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-    import yaml
-
-    text = Path(path).read_text()
-    try:
-        data = (yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
-    except (yaml.YAMLError, ValueError) as err:
-        raise ValueError(f"config: {path} cannot be parsed: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config: {path} must hold a mapping of field names to values")
-    return data
