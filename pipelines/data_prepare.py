@@ -13,11 +13,13 @@ reduced to `--max-side` (Lanczos) so training crops see image detail at a useful
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from pipelines import storage
+from pipelines import options, storage
+from pipelines.options import check_declared, option
 from pipelines.photo_sources import SOURCES, Photo
 
 SPLITS = ("train", "val", "test")
@@ -70,23 +72,34 @@ def _write(root: storage.Location, photo: Photo, split: str, max_side: int) -> d
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
+@dataclass
+class PrepareConfig:
+    dest: str = option(help="local folder or s3://bucket/prefix")
+    sources: str = option("installed", help=f"comma-separated, from {', '.join(SOURCES)}")
+    max_side: int = option(1024, minimum=64, unit="px", help="longest side of stored images")
+    val_fraction: float = option(VAL_FRACTION, minimum=0.0, maximum=1.0, unit="fraction",
+                                 help="share of photos in the validation split (by name hash)")
+    test_fraction: float = option(TEST_FRACTION, minimum=0.0, exclusive=True, maximum=1.0, unit="fraction",
+                                  help="share of photos in the fixed test split (by name hash)")
+    cache: str | None = option(None, default_text="~/.cache/ugpnet/photo-sources",
+                               help="where downloaded packages are kept")
+
+    def validate(self) -> "PrepareConfig":
+        check_declared(self)
+        return self
+
+
 def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="prepare training/evaluation data")
     verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     parser = verbs.add_parser("prepare", help="a train/val/test set of real photos from packages")
-    parser.add_argument("--dest", required=True, help="local folder or s3://bucket/prefix")
-    parser.add_argument("--sources", default="installed",
-                        help=f"comma-separated, from {', '.join(SOURCES)} (default: installed)")
-    parser.add_argument("--max-side", type=int, default=1024, help="longest side of stored images (px)")
-    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
-    parser.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
-    parser.add_argument("--cache", type=Path, default=None, help="where downloaded packages are kept")
-    parser.set_defaults(handler=run_cli)
+    options.add_options(parser, PrepareConfig)
+    parser.set_defaults(handler=options.handler(PrepareConfig, run_cli))
 
 
-def run_cli(args) -> int:
+def run_cli(args: PrepareConfig) -> int:
     records = prepare(args.dest, [s.strip() for s in args.sources.split(",") if s.strip()], args.max_side,
-                      args.val_fraction, args.test_fraction, args.cache)
+                      args.val_fraction, args.test_fraction, Path(args.cache) if args.cache else None)
     counts = {split: sum(r["split"] == split for r in records) for split in SPLITS}
     print(f"ugpnet data prepare: {len(records)} photos → {args.dest} "
           f"({', '.join(f'{k} {v}' for k, v in counts.items())}); manifest.json lists sources and licences")

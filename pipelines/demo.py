@@ -4,21 +4,34 @@ page that shows each input beside its outputs with PSNR against the clean photo.
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipelines import common_options, options
+from pipelines.options import check_declared, option
 
 DEMO_MAX_SIDE = 512
 TASK_DEGRADATIONS = {"denoise": "denoise_sigma25", "deblur": "deblur_gaussian_sigma2", "sr": "sr_bicubic_x8"}
 
 
+@dataclass
+class DemoConfig:
+    out: str = option("demo_output", help="folder for inputs, outputs and index.html")
+    model: str | None = common_options.model(None, default_text="default:<task>")
+    task: str = option("denoise", choices=tuple(sorted(TASK_DEGRADATIONS)), help="the degradation shown")
+    fit: str = option("tile", choices=("tile", "resize"), help="how any image size meets the model")
+
+    def validate(self) -> "DemoConfig":
+        check_declared(self)
+        return self
+
+
 def add_parsers(sub) -> None:
     parser = sub.add_parser("demo", help="restore the sample photos with the default model; write an HTML page")
-    parser.add_argument("--out", default="demo_output", help="folder for inputs, outputs and index.html")
-    parser.add_argument("--model", default=None, help="model reference (default: default:<task>)")
-    parser.add_argument("--task", default="denoise", choices=sorted(TASK_DEGRADATIONS))
-    parser.add_argument("--fit", default="tile", choices=("tile", "resize"))
-    parser.set_defaults(handler=run_cli)
+    options.add_options(parser, DemoConfig)
+    parser.set_defaults(handler=options.handler(DemoConfig, run_cli))
 
 
 def demo_photos(max_side: int = DEMO_MAX_SIDE):
@@ -113,7 +126,7 @@ def write_figure(out: Path, stem: str, crop: int = 224) -> Path:
     return path
 
 
-def run_cli(args) -> int:
+def run_cli(args: DemoConfig) -> int:
     from pipelines.restore import RestoreConfig, run
 
     out = Path(args.out).resolve()

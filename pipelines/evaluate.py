@@ -58,7 +58,7 @@ class EvaluateConfig:
     strengths: tuple[float, ...] | None = option(
         None, unit="denoise: noise σ in 0–255; deblur: blur σ in px; sr: the downscale factor",
         default_text="denoise 15,25,50; deblur 1,2,3; sr 8 only", help="comma-separated degradation strengths")
-    seed: int = option(2024, minimum=0, help="base seed of the degradations")
+    seed: int = option(2024, minimum=0, unit="RNG seed", help="base seed of the degradations")
     crop: int = option(0, minimum=0, unit="px", default_text="0: whole image",
                        help=f"centre-crop clean images to at most this many pixels a side (0 or >= {MIN_SIDE})")
     fit: str = common.fit("tile")

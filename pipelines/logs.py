@@ -57,7 +57,7 @@ def add_option(parser) -> None:
     import argparse
 
     parser.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS,
-                        help="text: lines as printed (default); json: one JSON object per line")
+                        help="text: lines as printed; json: one JSON object per line (default: text)")
 
 
 def requested_format(argv: list[str]) -> str:

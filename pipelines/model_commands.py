@@ -1,23 +1,45 @@
 """`ugpnet presets` and `ugpnet import-official`: model-library commands that need no cluster."""
 
 import json
+from dataclasses import dataclass
+
+from pipelines import options
+from pipelines.options import check_declared, option
+
+
+@dataclass
+class PresetsConfig:
+    json: bool = option(False, help="print JSON instead of a table")
+
+    def validate(self) -> "PresetsConfig":
+        check_declared(self)
+        return self
+
+
+@dataclass
+class ImportOfficialConfig:
+    preset: str = option(help="official preset, e.g. nafnet_denoise")
+    resmodule: str = option(help="resmodule_best_*.pth (or rrdbnet_x8_bicubic.pth)")
+    synmodule: str = option(help="synmodule_*.pth")
+    fusmodule: str = option(help="fusmodule_best.pth")
+    out: str = option(help="bundle directory to write")
+
+    def validate(self) -> "ImportOfficialConfig":
+        check_declared(self)
+        return self
 
 
 def add_parsers(sub) -> None:
     presets = sub.add_parser("presets", help="list the model presets")
-    presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    presets.set_defaults(handler=run_presets)
+    options.add_options(presets, PresetsConfig)
+    presets.set_defaults(handler=options.handler(PresetsConfig, run_presets))
 
     imp = sub.add_parser("import-official", help="convert official UGPNet .pth files into a bundle")
-    imp.add_argument("--preset", required=True, help="official preset, e.g. nafnet_denoise")
-    imp.add_argument("--resmodule", required=True, help="resmodule_best_*.pth (or rrdbnet_x8_bicubic.pth)")
-    imp.add_argument("--synmodule", required=True, help="synmodule_*.pth")
-    imp.add_argument("--fusmodule", required=True, help="fusmodule_best.pth")
-    imp.add_argument("--out", required=True, help="bundle directory to write")
-    imp.set_defaults(handler=run_import_official)
+    options.add_options(imp, ImportOfficialConfig)
+    imp.set_defaults(handler=options.handler(ImportOfficialConfig, run_import_official))
 
 
-def run_presets(args) -> int:
+def run_presets(args: PresetsConfig) -> int:
     import ugpnet
 
     infos = ugpnet.list_presets()
@@ -31,7 +53,7 @@ def run_presets(args) -> int:
     return 0
 
 
-def run_import_official(args) -> int:
+def run_import_official(args: ImportOfficialConfig) -> int:
     import ugpnet
     from ugpnet.official import official_discriminator, read_official_file
 

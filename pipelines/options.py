@@ -33,6 +33,7 @@ class Option:
     default_text: str | None = None     # how --help words the default when the value does not say it
     cli: bool = True                    # False: config file and --set only (mappings, parent-level options)
     positional: bool = False            # `ugpnet models promote NAME`: given without a flag
+    repeatable: bool = False            # a list field whose flag may be given several times
 
 
 def option(default: Any = MISSING, *, factory: Any = MISSING, **declaration) -> Any:
@@ -78,6 +79,9 @@ def add_options(parser: argparse.ArgumentParser, cls, *, dest_prefix: str = "", 
         dest = dest_prefix + f.name
         if spec.positional:
             parser.add_argument(dest, nargs="?", default=None, help=text, metavar=f.name.upper())
+        elif spec.repeatable:
+            parser.add_argument(spec.flag or flag_of(f.name), dest=dest, action="append", default=None, help=text,
+                                metavar=f.name.upper())
         elif kind is bool and spec.flag and spec.flag.startswith("--no-"):  # an off-switch alone: --no-register
             parser.add_argument(spec.flag, dest=dest, action="store_false", default=None, help=text)
         elif kind is bool:

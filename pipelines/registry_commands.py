@@ -1,35 +1,78 @@
 """`ugpnet models …`: list registered versions, register a bundle, promote behind a metric gate."""
 
+from dataclasses import dataclass
+
+from pipelines import common_options, options
+from pipelines.config_fields import ConfigError
+from pipelines.options import check_declared, option
 from pipelines.tracking import use_tracking
+
+
+@dataclass
+class ModelsOptions:
+    """Given before the action: `ugpnet models --tracking-uri URI list`."""
+
+    tracking_uri: str | None = common_options.tracking_uri()
+
+
+@dataclass
+class ListConfig:
+    name: str | None = option(None, default_text="all", help="only this registered model")
+    tracking_uri: str | None = common_options.tracking_uri(cli=False)
+
+    def validate(self) -> "ListConfig":
+        check_declared(self)
+        return self
+
+
+@dataclass
+class RegisterBundleConfig:
+    bundle: str = option(positional=True, help="bundle directory (model.safetensors + ugpnet.json)")
+    name: str | None = option(None, default_text="ugpnet-<task>", help="registered model name")
+    alias: str = option("candidate", help="alias to set on the new version")
+    experiment: str = common_options.experiment("ugpnet-bundles")
+    tracking_uri: str | None = common_options.tracking_uri(cli=False)
+
+    def validate(self) -> "RegisterBundleConfig":
+        check_declared(self)
+        return self
+
+
+@dataclass
+class PromoteConfig:
+    name: str = option(positional=True, help="registered model name")
+    version: str = option(help="the version the alias will point at")
+    alias: str = option("champion", help="alias to point at the version")
+    require: tuple[str, ...] = option((), repeatable=True, help="METRIC>=VALUE: refuse unless the version's metric "
+                                                                "meets this bar (repeatable); read from its latest "
+                                                                "ugpnet evaluate run when it has one, else from its "
+                                                                "training run")
+    tracking_uri: str | None = common_options.tracking_uri(cli=False)
+
+    def validate(self) -> "PromoteConfig":
+        self.version = str(self.version) if isinstance(self.version, int) else self.version  # YAML `version: 3`
+        check_declared(self)
+        if isinstance(self.require, str):
+            self.require = (self.require,)
+        if not all(isinstance(r, str) for r in self.require):
+            raise ConfigError("require", f"must be METRIC>=VALUE strings, got {self.require!r}")
+        return self
 
 
 def add_parsers(sub) -> None:
     models = sub.add_parser("models", help="the MLflow model registry")
-    models.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    options.add_options(models, ModelsOptions, common=False)
     verbs = models.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
-
-    listing = verbs.add_parser("list", help="registered UGPNet models, versions and aliases")
-    listing.add_argument("--name", help="only this registered model")
-    listing.set_defaults(handler=run_list)
-
-    register = verbs.add_parser("register-bundle", help="log a bundle directory and register it")
-    register.add_argument("bundle", help="bundle directory (model.safetensors + ugpnet.json)")
-    register.add_argument("--name", help="registered model name (default ugpnet-<task>)")
-    register.add_argument("--alias", default="candidate", help="alias to set on the new version")
-    register.add_argument("--experiment", default="ugpnet-bundles")
-    register.set_defaults(handler=run_register_bundle)
-
-    promote = verbs.add_parser("promote", help="point an alias (e.g. champion) at a version")
-    promote.add_argument("name")
-    promote.add_argument("--version", required=True)
-    promote.add_argument("--alias", default="champion")
-    promote.add_argument("--require", action="append", default=[], metavar="METRIC>=VALUE",
-                         help="refuse unless the version's metric meets this bar (repeatable); read from its "
-                              "latest ugpnet evaluate run when it has one, else from its training run")
-    promote.set_defaults(handler=run_promote)
+    for action, help_text, config, run in (
+            ("list", "registered UGPNet models, versions and aliases", ListConfig, run_list),
+            ("register-bundle", "log a bundle directory and register it", RegisterBundleConfig, run_register_bundle),
+            ("promote", "point an alias (e.g. champion) at a version", PromoteConfig, run_promote)):
+        parser = verbs.add_parser(action, help=help_text)
+        options.add_options(parser, config)
+        parser.set_defaults(handler=options.handler(config, run))
 
 
-def run_list(args) -> int:
+def run_list(args: ListConfig) -> int:
     from pipelines import registry
 
     use_tracking(args.tracking_uri)
@@ -40,7 +83,7 @@ def run_list(args) -> int:
     return 0
 
 
-def run_register_bundle(args) -> int:
+def run_register_bundle(args: RegisterBundleConfig) -> int:
     import mlflow
 
     from pipelines import registry
@@ -59,7 +102,7 @@ def run_register_bundle(args) -> int:
     return 0
 
 
-def run_promote(args) -> int:
+def run_promote(args: PromoteConfig) -> int:
     from pipelines import registry
 
     use_tracking(args.tracking_uri)

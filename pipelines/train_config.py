@@ -205,7 +205,11 @@ def build_config(values: dict[str, Any], overrides: list[str] = (), config_file:
         key, sep, value = override.partition("=")
         if not sep:
             raise ValueError(f"--set {override!r}: expected KEY=VALUE")
-        apply_override(merged, key.strip(), parse_value(value))
+        key = key.strip().replace("-", "_")
+        if key in known:  # any field, given elsewhere or not: --set workers=2
+            merged[key] = parse_value(value)
+        else:
+            apply_override(merged, key, parse_value(value))
     try:
         merged["hyperparams"] = TrainHyperparams.from_dict(merged["hyperparams"])
     except (TypeError, AttributeError, KeyError) as err:
