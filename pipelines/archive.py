@@ -26,9 +26,9 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from pipelines import common_options as common
 from pipelines import logs, options, storage
@@ -299,17 +299,11 @@ RESTORE_FLAGS = ("fit", "stages", "actors", "batch_size", "gpus_per_actor", "cpu
 
 
 def add_parsers(sub) -> None:
-    parser = sub.add_parser("archive", help="incremental, scheduled restoration of a growing archive",
-                            description=__doc__.split("\n\n")[0])
-    options.add_options(parser, ArchiveConfig, common=False)
+    parser = options.add_verb(sub, "archive", ArchiveConfig, options.guarded("archive", run_config),
+                              section="archive", help="incremental, scheduled restoration of a growing archive",
+                              description=__doc__.split("\n\n")[0])
     options.add_options(parser.add_argument_group("restore options (as in `ugpnet restore`)"), RestoreConfig,
                         dest_prefix="restore.", only=RESTORE_FLAGS, common=False)
-    options.add_common_flags(parser)
-    parser.set_defaults(handler=options.handler(ArchiveConfig, run_config, section="archive"))
-
-
-def config_from_args(args) -> ArchiveConfig:
-    return options.config_from_args(args, ArchiveConfig, section="archive")
 
 
 def run_config(config: ArchiveConfig) -> int:
@@ -332,8 +326,8 @@ def run_config(config: ArchiveConfig) -> int:
         print(f"ugpnet archive: not committing: {err}; the next run will redo what this one did not commit",
               file=sys.stderr)
         return EXIT_RUN_FAILED
-    except Exception as err:
-        traceback.print_exc()
-        print(f"ugpnet archive: run failed: {err}", file=sys.stderr)
-        return EXIT_RUN_FAILED
     return EXIT_ERROR_RATE if summary.restore_exit_status == EXIT_ERROR_RATE else 0
+
+
+# argparse Namespace → the validated config
+config_from_args = partial(options.config_from_args, cls=ArchiveConfig, section="archive")

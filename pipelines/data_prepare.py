@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines import options, storage
-from pipelines.options import check_declared, option
+from pipelines.options import option
 from pipelines.photo_sources import SOURCES, Photo
 
 SPLITS = ("train", "val", "test")
@@ -73,7 +73,7 @@ def _write(root: storage.Location, photo: Photo, split: str, max_side: int) -> d
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(options.Declared):
     dest: str = option(help="local folder or s3://bucket/prefix")
     sources: str = option("installed", help=f"comma-separated, from {', '.join(SOURCES)}")
     max_side: int = option(1024, minimum=64, unit="px", help="longest side of stored images")
@@ -84,17 +84,11 @@ class PrepareConfig:
     cache: str | None = option(None, default_text="~/.cache/ugpnet/photo-sources",
                                help="where downloaded packages are kept")
 
-    def validate(self) -> "PrepareConfig":
-        check_declared(self)
-        return self
-
 
 def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="prepare training/evaluation data")
     verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
-    parser = verbs.add_parser("prepare", help="a train/val/test set of real photos from packages")
-    options.add_options(parser, PrepareConfig)
-    parser.set_defaults(handler=options.handler(PrepareConfig, run_cli))
+    options.add_verb(verbs, "prepare", PrepareConfig, run_cli, help="a train/val/test set of real photos from packages")
 
 
 def run_cli(args: PrepareConfig) -> int:

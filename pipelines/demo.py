@@ -10,28 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import common_options, options
-from pipelines.options import check_declared, option
+from pipelines.options import option
 
 DEMO_MAX_SIDE = 512
 TASK_DEGRADATIONS = {"denoise": "denoise_sigma25", "deblur": "deblur_gaussian_sigma2", "sr": "sr_bicubic_x8"}
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(options.Declared):
     out: str = option("demo_output", help="folder for inputs, outputs and index.html")
     model: str | None = common_options.model(None, default_text="default:<task>")
     task: str = option("denoise", choices=tuple(sorted(TASK_DEGRADATIONS)), help="the degradation shown")
     fit: str = option("tile", choices=("tile", "resize"), help="how any image size meets the model")
 
-    def validate(self) -> "DemoConfig":
-        check_declared(self)
-        return self
-
 
 def add_parsers(sub) -> None:
-    parser = sub.add_parser("demo", help="restore the sample photos with the default model; write an HTML page")
-    options.add_options(parser, DemoConfig)
-    parser.set_defaults(handler=options.handler(DemoConfig, run_cli))
+    options.add_verb(sub, "demo", DemoConfig, run_cli,
+                     help="restore the sample photos with the default model; write an HTML page")
 
 
 def demo_photos(max_side: int = DEMO_MAX_SIDE):

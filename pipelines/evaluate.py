@@ -25,10 +25,10 @@ import json
 import math
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from pipelines import common_options as common
 from pipelines import logs, options, storage
@@ -430,25 +430,17 @@ def _finish(table, config, model, report, run_id, images, started,
 # ---------------------------------------------------------------- CLI
 
 def add_parsers(sub) -> None:
-    parser = sub.add_parser("evaluate", help="measure a model on degraded clean images; write an HTML report",
-                            description=__doc__.split("\n\n")[0])
-    options.add_options(parser, EvaluateConfig)
-    parser.set_defaults(handler=options.handler(EvaluateConfig, run_config, section="evaluate"))
-
-
-def config_from_args(args) -> EvaluateConfig:
-    return options.config_from_args(args, EvaluateConfig, section="evaluate")
+    options.add_verb(sub, "evaluate", EvaluateConfig, options.guarded("evaluate", run_config), section="evaluate",
+                     help="measure a model on degraded clean images; write an HTML report",
+                     description=__doc__.split("\n\n")[0])
 
 
 def run_config(config: EvaluateConfig) -> int:
-    try:
-        summary = run(config)
-    except ConfigError:
-        raise
-    except Exception as err:
-        traceback.print_exc()
-        print(f"ugpnet evaluate: run failed: {err}", file=sys.stderr)
-        return 1
+    summary = run(config)  # a failed run: exit status 1 (options.guarded)
     if summary.exit_status:
         print("ugpnet evaluate: no image could be evaluated (see the error rows in the report)", file=sys.stderr)
     return summary.exit_status
+
+
+# argparse Namespace → the validated config
+config_from_args = partial(options.config_from_args, cls=EvaluateConfig, section="evaluate")

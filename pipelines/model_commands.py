@@ -4,39 +4,27 @@ import json
 from dataclasses import dataclass
 
 from pipelines import options
-from pipelines.options import check_declared, option
+from pipelines.options import option
 
 
 @dataclass
-class PresetsConfig:
+class PresetsConfig(options.Declared):
     json: bool = option(False, help="print JSON instead of a table")
 
-    def validate(self) -> "PresetsConfig":
-        check_declared(self)
-        return self
-
 
 @dataclass
-class ImportOfficialConfig:
+class ImportOfficialConfig(options.Declared):
     preset: str = option(help="official preset, e.g. nafnet_denoise")
     resmodule: str = option(help="resmodule_best_*.pth (or rrdbnet_x8_bicubic.pth)")
     synmodule: str = option(help="synmodule_*.pth")
     fusmodule: str = option(help="fusmodule_best.pth")
     out: str = option(help="bundle directory to write")
 
-    def validate(self) -> "ImportOfficialConfig":
-        check_declared(self)
-        return self
-
 
 def add_parsers(sub) -> None:
-    presets = sub.add_parser("presets", help="list the model presets")
-    options.add_options(presets, PresetsConfig)
-    presets.set_defaults(handler=options.handler(PresetsConfig, run_presets))
-
-    imp = sub.add_parser("import-official", help="convert official UGPNet .pth files into a bundle")
-    options.add_options(imp, ImportOfficialConfig)
-    imp.set_defaults(handler=options.handler(ImportOfficialConfig, run_import_official))
+    options.add_verb(sub, "presets", PresetsConfig, run_presets, help="list the model presets")
+    options.add_verb(sub, "import-official", ImportOfficialConfig, run_import_official,
+                     help="convert official UGPNet .pth files into a bundle")
 
 
 def run_presets(args: PresetsConfig) -> int:

@@ -12,6 +12,8 @@ Precedence: defaults ← config file ← flags ← `--set`.
 
 import argparse
 import json
+import sys
+import traceback
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -245,7 +247,16 @@ def public_dict(config) -> dict:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
-# ---------------------------------------------------------------- the handler
+class Declared:
+    """Base of a config whose checks are all in its declarations; a config with cross-field checks
+    overrides `validate` and calls `check_declared` first."""
+
+    def validate(self):
+        check_declared(self)
+        return self
+
+
+# ---------------------------------------------------------------- the verb
 
 def handler(cls, run, section: str | None = None, redact=None):
     """An argparse handler: build and validate the config, print it on `--dry-run`, else run it."""
@@ -259,3 +270,30 @@ def handler(cls, run, section: str | None = None, redact=None):
         return run(config)
 
     return handle
+
+
+def add_verb(sub, name: str, cls, run, *, help: str, description: str | None = None, section: str | None = None,
+             common: bool = True) -> argparse.ArgumentParser:
+    """A verb's sub-parser: its declared options (and, with `common`, --config, --set, --dry-run), and
+    the handler that builds its config and runs it."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_options(parser, cls, common=common)
+    parser.set_defaults(handler=handler(cls, run, section))
+    return parser
+
+
+def guarded(verb: str, run):
+    """`run`, with an unexpected failure printed as its traceback and `ugpnet VERB: run failed: …`, exit
+    status 1 (the run itself failed); a ConfigError still reaches the CLI, which exits 2."""
+
+    def run_guarded(config) -> int:
+        try:
+            return run(config)
+        except ConfigError:
+            raise
+        except Exception as err:
+            traceback.print_exc()
+            print(f"ugpnet {verb}: run failed: {err}", file=sys.stderr)
+            return 1
+
+    return run_guarded

@@ -16,26 +16,18 @@ class ModelsOptions:
 
 
 @dataclass
-class ListConfig:
+class ListConfig(options.Declared):
     name: str | None = option(None, default_text="all", help="only this registered model")
     tracking_uri: str | None = common_options.tracking_uri(cli=False)
 
-    def validate(self) -> "ListConfig":
-        check_declared(self)
-        return self
-
 
 @dataclass
-class RegisterBundleConfig:
+class RegisterBundleConfig(options.Declared):
     bundle: str = option(positional=True, help="bundle directory (model.safetensors + ugpnet.json)")
     name: str | None = option(None, default_text="ugpnet-<task>", help="registered model name")
     alias: str = option("candidate", help="alias to set on the new version")
     experiment: str = common_options.experiment("ugpnet-bundles")
     tracking_uri: str | None = common_options.tracking_uri(cli=False)
-
-    def validate(self) -> "RegisterBundleConfig":
-        check_declared(self)
-        return self
 
 
 @dataclass
@@ -67,9 +59,7 @@ def add_parsers(sub) -> None:
             ("list", "registered UGPNet models, versions and aliases", ListConfig, run_list),
             ("register-bundle", "log a bundle directory and register it", RegisterBundleConfig, run_register_bundle),
             ("promote", "point an alias (e.g. champion) at a version", PromoteConfig, run_promote)):
-        parser = verbs.add_parser(action, help=help_text)
-        options.add_options(parser, config)
-        parser.set_defaults(handler=options.handler(config, run))
+        options.add_verb(verbs, action, config, run, help=help_text)
 
 
 def run_list(args: ListConfig) -> int:

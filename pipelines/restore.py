@@ -21,10 +21,10 @@ import json
 import math
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from pipelines import common_options as common
 from pipelines import logs, options, storage
@@ -493,26 +493,18 @@ def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str
 # ---------------------------------------------------------------- CLI
 
 def add_parsers(sub) -> None:
-    parser = sub.add_parser("restore", help="restore a folder, an S3 prefix or a manifest of images on Ray Data",
-                            description=__doc__.split("\n\n")[0])
-    options.add_options(parser, RestoreConfig)
-    parser.set_defaults(handler=options.handler(RestoreConfig, run_config, section="restore"))
-
-
-def config_from_args(args) -> RestoreConfig:
-    return options.config_from_args(args, RestoreConfig, section="restore")
+    options.add_verb(sub, "restore", RestoreConfig, options.guarded("restore", run_config), section="restore",
+                     help="restore a folder, an S3 prefix or a manifest of images on Ray Data",
+                     description=__doc__.split("\n\n")[0])
 
 
 def run_config(config: RestoreConfig) -> int:
-    """The run's exit status (see the module's docstring)."""
-    try:
-        summary = run(config)
-    except ConfigError:
-        raise
-    except Exception as err:
-        traceback.print_exc()
-        print(f"ugpnet restore: run failed: {err}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    """The run's exit status (see the module's docstring); a failed run is EXIT_RUN_FAILED (options.guarded)."""
+    summary = run(config)
     if summary.exit_status == EXIT_ERROR_RATE:
         print(f"ugpnet restore: {summary.failure}", file=sys.stderr)
     return summary.exit_status
+
+
+# argparse Namespace → the validated config
+config_from_args = partial(options.config_from_args, cls=RestoreConfig, section="restore")
