@@ -497,9 +497,9 @@ def build_model(payload: dict, device):
     """A UGPNet from a bundle payload (config JSON + safetensors bytes), strictly loaded, in eval mode."""
     from safetensors.torch import load as load_safetensors
 
-    from ugpnet.checkpoint import load_state_dict_strict
     from ugpnet.model import UGPNet
     from ugpnet.presets import Preset
+    from ugpnet.state_dicts import load_state_dict_strict
 
     config = json.loads(payload["config"])
     model = UGPNet(Preset.from_dict(config["preset"]))

@@ -186,7 +186,7 @@ def write_stage_bundle(weights: Path, trainer_state: Path, start_bundle: Path, d
     from safetensors.torch import load_file, save_file
 
     import ugpnet
-    from ugpnet.checkpoint import load_state_dict_strict
+    from ugpnet.state_dicts import load_state_dict_strict
 
     model = ugpnet.load(start_bundle)
     load_state_dict_strict(model, load_file(str(weights)), str(weights))

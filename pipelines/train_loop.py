@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
-from ugpnet.checkpoint import WEIGHTS_FILE, load_state_dict_strict
+from ugpnet.checkpoint import WEIGHTS_FILE
 from ugpnet.model import UGPNet
 from ugpnet.presets import Preset
+from ugpnet.state_dicts import load_state_dict_strict
 from ugpnet.training.hyperparams import TrainHyperparams
 from ugpnet.training.trainer import StageTrainer
 from ugpnet.vgg import PerceptualWeights

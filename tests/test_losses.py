@@ -4,7 +4,6 @@ import pytest
 import torch
 from perceptual_fixtures import random_vgg_state, write_perceptual_weights
 
-from ugpnet.checkpoint import CheckpointMismatchError
 from ugpnet.losses import (
     LPIPSLoss,
     PatchContextualLoss,
@@ -19,6 +18,7 @@ from ugpnet.losses import (
 from ugpnet.metrics import psnr
 from ugpnet.model import build_discriminator
 from ugpnet.presets import get_preset
+from ugpnet.state_dicts import CheckpointMismatchError
 from ugpnet.vgg import LPIPS, MissingWeightsError, PerceptualWeights, VGGFeatures
 
 

@@ -9,10 +9,10 @@ from perceptual_fixtures import write_perceptual_weights
 from safetensors.torch import save_file
 
 import ugpnet
-from ugpnet.checkpoint import CheckpointMismatchError
 from ugpnet.degradations import DEFAULT_DEGRADATIONS, degrade, get_degradation, sample_seed
 from ugpnet.model import build_discriminator
 from ugpnet.stages import STAGE_MODULES
+from ugpnet.state_dicts import CheckpointMismatchError
 from ugpnet.training import (
     MissingWeightsError,
     PerceptualWeights,

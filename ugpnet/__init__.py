@@ -7,11 +7,12 @@
 """
 
 from ugpnet.catalog import PresetInfo, build, list_presets
-from ugpnet.checkpoint import CheckpointMismatchError, load, save
+from ugpnet.checkpoint import load, save
 from ugpnet.fastpath import set_fast
 from ugpnet.model import UGPNet, UGPNetOutput
 from ugpnet.official import import_official
 from ugpnet.presets import PRESETS, Preset, get_preset
+from ugpnet.state_dicts import CheckpointMismatchError
 
 __all__ = [
     "PRESETS", "CheckpointMismatchError", "Preset", "PresetInfo", "UGPNet", "UGPNetOutput", "build", "get_preset",

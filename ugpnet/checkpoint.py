@@ -1,4 +1,4 @@
-"""Model bundles (directory: `model.safetensors` + `ugpnet.json`) and strict state-dict loading.
+"""Model bundles (directory: `model.safetensors` + `ugpnet.json`); strict loading is ugpnet.state_dicts.
 
 No pickles: weights are safetensors; official `.pth` files are read with `weights_only=True`.
 """
@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ugpnet.model import UGPNet
 from ugpnet.presets import Preset
+from ugpnet.state_dicts import load_state_dict_strict
 
 BUNDLE_FORMAT = 1
 # A bundle's layout: every module that reads or writes bundles takes these names from here.
@@ -21,38 +21,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "ugpnet.json"  # written last: a bundle is complete once its config is there
 DISCRIMINATOR_STEM = "discriminator"  # save(extra_tensors={DISCRIMINATOR_STEM: …}) after training stage 2
 DISCRIMINATOR_FILE = f"{DISCRIMINATOR_STEM}.safetensors"
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict does not fit a module; lists every missing, unexpected and misshaped key."""
-
-    def __init__(self, source: str, missing: list[str], unexpected: list[str],
-                 misshaped: list[tuple[str, tuple, tuple]]):
-        self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
-        lines = [f"checkpoint {source} does not match the model:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing[:50]))
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:50]))
-        if misshaped:
-            lines.append(f"  misshaped keys ({len(misshaped)}): " + ", ".join(
-                f"{k} {tuple(got)} (model expects {tuple(want)})" for k, got, want in misshaped[:50]))
-        super().__init__("\n".join(lines))
-
-
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
-                           assign: bool = False) -> None:
-    """Strict load that reports all problems in one error instead of stopping at the first.
-    `assign`: the module takes `state`'s tensors as its own instead of copying them (one copy of the
-    weights fewer; for a freshly loaded state dict nothing else holds)."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = [(k, tuple(state[k].shape), tuple(expected[k].shape))
-                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or misshaped:
-        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
-    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def save(model: UGPNet, directory: str | os.PathLike, *, task: str | None = None,

@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from ugpnet.checkpoint import load_state_dict_strict
 from ugpnet.model import UGPNet, build_discriminator
 from ugpnet.presets import Preset, get_preset
+from ugpnet.state_dicts import load_state_dict_strict
 
 SYNTHESIS_PARTS = ("generator", "fencoder", "wmodule")
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ugpnet.checkpoint import load_state_dict_strict
+from ugpnet.state_dicts import load_state_dict_strict
 
 # Conv widths per block; "M" is a 2×2 max-pool. Layer indices then match torchvision's `features`.
 VGG_LAYOUTS = {

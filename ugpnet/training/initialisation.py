@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ugpnet.checkpoint import load_state_dict_strict
 from ugpnet.model import UGPNet
 from ugpnet.official import read_official_file, unwrap_state_dict
+from ugpnet.state_dicts import load_state_dict_strict
 
 
 def read_pretrained(path: str | os.PathLike) -> dict[str, torch.Tensor]:
