@@ -5,6 +5,9 @@ Runs the driver side of `ugpnet train` for real: `build_config` as `train.run_cl
 `train.run` does with the config before it hands each stage to Ray Train (`trainer.fit`, the boundary:
 neither Ray nor the workers run here, so `build_catalogue`, `ray.put` and the TorchTrainer are left out,
 and they receive no config object). MLflow runs on a throwaway SQLite file, storage is a temp folder.
+`driver_side` follows `run`, `run_stage` and `_fit_stage` call by call without being them, so those
+three (all in pipelines/train.py) are not stops here: counting them adds one visit of train.py (`run`
+itself, before validation). The workers' side (train_loop.train_stage_loop) is not traced.
 
 Under `sys.setprofile` it records every call of a function in ugpnet/ or pipelines/ that receives, as
 an argument (`self` included, or inside a list, tuple or dict argument), a TrainConfig, an object that
@@ -105,27 +108,24 @@ def driver_side(config) -> None:
 
     from pipelines import storage, train
     from pipelines.tracking import tracking_uri
-    from pipelines.train_config import degradation_for, validate
-    from ugpnet.stages import STAGES
+    from pipelines.train_config import plan_run, validate
 
     validate(config)
+    plan = plan_run(config)
     train.check_reachable(config)
     uri = tracking_uri(config.tracking_uri)
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.set_experiment(config.experiment).experiment_id
     bundles = storage.resolve(config.storage).child(config.run_name).child("bundles")
-    with train.start_parent_run(config, experiment_id, 0) as parent_run:
-        start = train.ensure_initial_bundle(config, bundles)
-        degradation_for(config)
-        for stage in [s for s in STAGES if s in config.stages]:
-            hp = config.hyperparams.stage(stage)
+    with train.start_parent_run(plan, experiment_id, 0) as parent_run:
+        start = train.ensure_initial_bundle(plan, bundles)
+        for _stage, hp in plan.stages.items():
             _ = hp.batch_size * config.workers * train.STEPS_PER_EPOCH   # train_dataset's samples_per_epoch
             # run_stage → _fit_stage, up to TorchTrainer(...).fit()
-            train.start_stage_run(config, stage, experiment_id, parent_run.info.run_id)
+            train.start_stage_run(plan, _stage, experiment_id, parent_run.info.run_id)
             with train.fetched_bundle(start):
-                train.worker_cpus(config)
-                config.hyperparams.to_dict()
-                train.ray_storage(config)
+                train.worker_cpus(plan.config)
+                train.ray_storage(plan.config)
 
 
 def tiny_config(preset: str, folder: Path):
