@@ -17,7 +17,7 @@ from pipelines.bundle_store import bundle_exists, bundle_payload, fetched_bundle
 from pipelines.options import option
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri
-from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
+from pipelines.train_config import RunPlan, TrainConfig, build_config, plan_run, validate
 from ugpnet.checkpoint import DISCRIMINATOR_FILE, DISCRIMINATOR_STEM
 from ugpnet.stages import STAGES
 
@@ -41,7 +41,8 @@ def run(config: TrainConfig) -> TrainResult:
     import mlflow
     import ray
 
-    validate(config)
+    validate(config)  # not again for a config from build_config
+    plan = plan_run(config)
     logs.bind(run_id=config.run_name)
     if not ray.is_initialized():
         logs.init_ray()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
@@ -62,24 +63,23 @@ def run(config: TrainConfig) -> TrainResult:
     bundles = run_root.child("bundles")
     result = TrainResult(config.run_name, final_bundle="", skipped_images=len(catalogue.skipped))
 
-    with start_parent_run(config, experiment_id, len(catalogue.skipped)) as parent_run:
-        start = ensure_initial_bundle(config, bundles)
+    with start_parent_run(plan, experiment_id, len(catalogue.skipped)) as parent_run:
+        start = ensure_initial_bundle(plan, bundles)
         from ugpnet.presets import get_preset
 
         preset = get_preset(preset_name)
-        degradation = degradation_for(config)
-        validation = validation_pairs(catalogue.validation, preset.resolution, degradation, config.val_max_images)
-        for stage in [s for s in STAGES if s in config.stages]:
+        validation = validation_pairs(catalogue.validation, preset.resolution, plan.degradation,
+                                      config.val_max_images)
+        for stage, hp in plan.stages.items():
             done = bundles.child(stage)
             if bundle_exists(done):
                 print(f"ugpnet train: stage {stage} already finished, skipping", flush=True)
                 result.stages_skipped.append(stage)
                 start = done.uri
                 continue
-            hp = config.hyperparams.stage(stage)
-            dataset = train_dataset(catalogue.train, preset.resolution, degradation,
+            dataset = train_dataset(catalogue.train, preset.resolution, plan.degradation,
                                     samples_per_epoch=hp.batch_size * config.workers * STEPS_PER_EPOCH)
-            metrics = run_stage(config, stage, start, done, dataset, validation, experiment_id,
+            metrics = run_stage(plan, stage, start, done, dataset, validation, experiment_id,
                                 parent_run.info.run_id, uri)
             result.stage_metrics[stage] = metrics
             result.validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
@@ -92,22 +92,22 @@ def run(config: TrainConfig) -> TrainResult:
             from pipelines.registry import log_bundle
 
             with fetched_bundle(start) as final:
-                version = log_bundle(final, register_as=config.registered_name, alias="candidate")
+                version = log_bundle(final, register_as=plan.registered_name, alias="candidate")
             result.registered_version = version.version
-            print(f"ugpnet train: registered {config.registered_name} version {version.version} "
+            print(f"ugpnet train: registered {plan.registered_name} version {version.version} "
                   f"(alias candidate)", flush=True)
     return result
 
 
-def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Location, dataset, validation,
+def run_stage(plan: RunPlan, stage: str, start: str, done: storage.Location, dataset, validation,
               experiment_id: str, parent_id: str, uri: str) -> dict[str, float]:
     import mlflow
 
     from pipelines.train_loop import MODEL_FILE, TRAINER_FILE
 
-    stage_run = start_stage_run(config, stage, experiment_id, parent_id)
+    stage_run = start_stage_run(plan, stage, experiment_id, parent_id)
     with fetched_bundle(start) as start_bundle:  # once per stage; a download is removed at the end
-        fit = _fit_stage(config, stage, start_bundle, start, dataset, validation, uri, stage_run)
+        fit = _fit_stage(plan, stage, start_bundle, start, dataset, validation, uri, stage_run)
         with fit.checkpoint.as_directory() as directory:
             write_stage_bundle(Path(directory) / MODEL_FILE, Path(directory) / TRAINER_FILE, start_bundle, done,
                                stage)
@@ -115,7 +115,7 @@ def run_stage(config: TrainConfig, stage: str, start: str, done: storage.Locatio
     return {k: float(v) for k, v in (fit.metrics or {}).items() if isinstance(v, int | float)}
 
 
-def _fit_stage(config: TrainConfig, stage: str, start_bundle: Path, start: str, dataset, validation, uri: str,
+def _fit_stage(plan: RunPlan, stage: str, start_bundle: Path, start: str, dataset, validation, uri: str,
                stage_run: str):
     """One stage on Ray Train from the start bundle in `start_bundle`; the result, with a checkpoint."""
     import ray.train
@@ -123,12 +123,13 @@ def _fit_stage(config: TrainConfig, stage: str, start_bundle: Path, start: str, 
 
     from pipelines.train_loop import train_stage_loop
 
+    config = plan.config
     cpus = worker_cpus(config)
     # The start weights travel through the object store: a path would name a directory on the driver's
     # disk, which training workers on other nodes cannot see.
     start_ref = ray.put(bundle_payload(start_bundle, source=start, with_discriminator=stage == "synthesis"))
     loop_config = {
-        "stage": stage, "start_payload": start_ref, "hyperparams": config.hyperparams.to_dict(),
+        "stage": stage, "start_payload": start_ref, "hyperparams": plan.hyperparams,
         "perceptual": asdict(config.hyperparams.perceptual), "tracking_uri": uri, "mlflow_run_id": stage_run,
         "validation": validation, "log_interval": config.log_interval, "threads": max(1, int(cpus)),
     }
@@ -148,31 +149,31 @@ def _fit_stage(config: TrainConfig, stage: str, start_bundle: Path, start: str, 
     return fit
 
 
-def start_parent_run(config: TrainConfig, experiment_id: str, skipped_images: int):
+def start_parent_run(plan: RunPlan, experiment_id: str, skipped_images: int):
     """The run's MLflow parent run (an ActiveRun), continued on a resume; a new one gets the config as params."""
     import mlflow
 
-    parent = find_run(experiment_id, {RUN_TAG: config.run_name}, parent_id=None)
-    active = mlflow.start_run(run_id=parent, run_name=None if parent else config.run_name,
-                              tags={RUN_TAG: config.run_name})
+    run_name = plan.config.run_name
+    parent = find_run(experiment_id, {RUN_TAG: run_name}, parent_id=None)
+    active = mlflow.start_run(run_id=parent, run_name=None if parent else run_name, tags={RUN_TAG: run_name})
     if parent is None:
-        mlflow.log_params(flatten(config_params(config)))
+        mlflow.log_params(flatten(config_params(plan)))
         mlflow.log_metric("data/skipped_images", skipped_images)
     return active
 
 
-def start_stage_run(config: TrainConfig, stage: str, experiment_id: str, parent_id: str) -> str:
+def start_stage_run(plan: RunPlan, stage: str, experiment_id: str, parent_id: str) -> str:
     """The stage's nested run id, continued on a resume; a new one gets the stage's hyperparameters."""
     import mlflow
 
-    stage_run = find_run(experiment_id, {RUN_TAG: config.run_name, STAGE_TAG: stage}, parent_id=parent_id)
+    run_name = plan.config.run_name
+    stage_run = find_run(experiment_id, {RUN_TAG: run_name, STAGE_TAG: stage}, parent_id=parent_id)
     if stage_run is None:
         client = mlflow.MlflowClient()
-        created = client.create_run(experiment_id, run_name=f"{config.run_name}/{stage}",
-                                    tags={RUN_TAG: config.run_name, STAGE_TAG: stage,
-                                          "mlflow.parentRunId": parent_id})
+        created = client.create_run(experiment_id, run_name=f"{run_name}/{stage}",
+                                    tags={RUN_TAG: run_name, STAGE_TAG: stage, "mlflow.parentRunId": parent_id})
         stage_run = created.info.run_id
-        hp = config.hyperparams.stage(stage)
+        hp = plan.stages[stage]
         client.log_batch(stage_run, params=[mlflow.entities.Param(k, str(v))
                                             for k, v in flatten({stage: asdict(hp)}).items()])
     return stage_run
@@ -212,8 +213,9 @@ def check_reachable(config: TrainConfig) -> None:
     check_local_paths(local_paths(fields, outputs=("storage",)))
 
 
-def ensure_initial_bundle(config: TrainConfig, bundles: storage.Location) -> str:
+def ensure_initial_bundle(plan: RunPlan, bundles: storage.Location) -> str:
     """The weights the first stage starts from: `init_bundle`, or fresh ones saved once per run."""
+    config = plan.config
     if config.init_bundle:
         return config.init_bundle
     initial = bundles.child("initial")
@@ -222,7 +224,7 @@ def ensure_initial_bundle(config: TrainConfig, bundles: storage.Location) -> str
 
         with tempfile.TemporaryDirectory() as local:
             ugpnet.save(ugpnet.build(config.preset, seed=config.hyperparams.seed), local,
-                        task=config.resolved_task, provenance={"source": "ugpnet train", "run": config.run_name})
+                        task=plan.task, provenance={"source": "ugpnet train", "run": config.run_name})
             upload_directory(Path(local), initial)
     return initial.uri
 
@@ -257,10 +259,10 @@ def find_run(experiment_id: str, tags: dict[str, str], parent_id: str | None) ->
     return None
 
 
-def config_params(config: TrainConfig) -> dict:
+def config_params(plan: RunPlan) -> dict:
     """The config as MLflow params: URIs are kept, their credentials are not (a tracking URI may be
     `https://user:token@host`)."""
-    return redact_values(config.to_dict())
+    return redact_values(plan.params)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:

@@ -1,17 +1,18 @@
 """The training run's configuration: one typed object, built from the CLI, a config file and
 `--set key=value` overrides, validated before any work (errors name the field)."""
 
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pipelines import common_options
 from pipelines.config_fields import ConfigError
 from pipelines.options import check_declared, load_config_file, option, parse_value
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS
+from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS, Degradation
 from ugpnet.images import PHOTO_EXTENSIONS
 from ugpnet.presets import PRESETS, TASKS, get_preset
 from ugpnet.stages import STAGES
-from ugpnet.training.hyperparams import TrainHyperparams, check_hyperparams, default_hyperparams
+from ugpnet.training.hyperparams import StageHyperparams, TrainHyperparams, check_hyperparams, default_hyperparams
 
 IMAGE_EXTENSIONS = PHOTO_EXTENSIONS  # what training reads from `data` (no GIF: see ugpnet.images)
 
@@ -67,6 +68,27 @@ class TrainConfig:
         return data
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A config and what `train.run` derives from it beyond plain fields, gathered once in one place
+    (`plan_run`): the run and its stages read this instead of going back to the config's modules at
+    every stage (issue 12)."""
+    config: TrainConfig
+    task: str                                     # the resolved task (config.resolved_task)
+    degradation: Degradation                      # makes the training and validation pairs
+    registered_name: str                          # what the final bundle is registered as
+    params: dict[str, Any]                        # config.to_dict(): the parent MLflow run's params
+    hyperparams: dict[str, Any]                   # config.hyperparams.to_dict(): what the workers rebuild theirs from
+    stages: dict[str, StageHyperparams]           # the stages to run, in STAGES order, with their settings
+
+
+def plan_run(config: TrainConfig) -> RunPlan:
+    """The run's plan from a config (which this does not validate: see `validate`)."""
+    return RunPlan(config, config.resolved_task, degradation_for(config), config.registered_name, config.to_dict(),
+                   config.hyperparams.to_dict(),
+                   {stage: config.hyperparams.stage(stage) for stage in STAGES if stage in config.stages})
+
+
 def check_types(config: TrainConfig) -> None:
     """`workers: "2"`, `use_gpu: "yes"`, `val_fraction: null` and the like: refused, naming the field,
     as the fields' declarations say (pipelines.options), in this verb's `field: reason` wording."""
@@ -80,8 +102,15 @@ def check_types(config: TrainConfig) -> None:
         raise ValueError(f"hyperparams: must be a mapping of per-stage settings, got {config.hyperparams!r}")
 
 
+# The configs `validate` has passed, by identity: build_config validates (so that --dry-run reports
+# errors) and train.run validates what it is given, which was validated twice when it came from build_config.
+_VALIDATED: "weakref.WeakValueDictionary[int, TrainConfig]" = weakref.WeakValueDictionary()
+
+
 def validate(config: TrainConfig) -> None:
-    """Fail before any work, naming the field."""
+    """Fail before any work, naming the field. A config this has passed once is not checked again."""
+    if _VALIDATED.get(id(config)) is config:
+        return
     check_types(config)
     if config.preset not in PRESETS:
         raise ValueError(f"preset: unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
@@ -101,6 +130,7 @@ def validate(config: TrainConfig) -> None:
     check_data_location(config.data)
     if config.init_bundle:
         check_bundle_location(config.init_bundle)
+    _VALIDATED[id(config)] = config
 
 
 def check_bundle_location(uri: str) -> None:

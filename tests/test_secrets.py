@@ -8,7 +8,7 @@ from mlflow_service import mlflow_server
 from pipelines import train
 from pipelines.cli import main as cli_main
 from pipelines.redaction import redact
-from pipelines.train_config import TrainConfig
+from pipelines.train_config import TrainConfig, plan_run
 
 pytest_plugins = ["services"]
 
@@ -39,8 +39,8 @@ def test_params_tags_and_run_names_hold_no_credentials(moto_s3, tmp_path, monkey
         config = TrainConfig(preset="tiny_denoise", data=str(tmp_path), run_name="secrets",
                              tracking_uri=secret_uri, init_bundle=f"s3://AKIAEXAMPLE:{AWS_SECRET}@bundles/init")
         experiment_id = mlflow.set_experiment("secrets").experiment_id
-        with train.start_parent_run(config, experiment_id, skipped_images=0) as parent:
-            train.start_stage_run(config, "restoration", experiment_id, parent.info.run_id)
+        with train.start_parent_run(plan_run(config), experiment_id, skipped_images=0) as parent:
+            train.start_stage_run(plan_run(config), "restoration", experiment_id, parent.info.run_id)
         mlflow.set_tracking_uri(url)
 
         client = mlflow.MlflowClient(tracking_uri=url)

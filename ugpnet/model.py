@@ -75,7 +75,7 @@ class UGPNet(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         """Parameters that never influence the output (kept only so official checkpoints load)."""
-        names = [f"resmodule.{n}" for n in getattr(self.resmodule, "unused_parameter_names", list)()]
+        names = [f"resmodule.{n}" for n in self.resmodule.unused_parameter_names()]
         return names + [f"synmodule.{n}" for n in self.synmodule.unused_parameter_names()]
 
     def check_input(self, lq: torch.Tensor) -> None:

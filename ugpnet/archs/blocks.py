@@ -1,6 +1,6 @@
 """Small building blocks shared by UGPNet's own modules (official `archs/blocks.py` names)."""
 
-
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,6 +72,26 @@ def initialize_weights(*modules: nn.Module) -> None:
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+
+def zero_rows(conv: nn.Conv2d, rows: slice) -> None:
+    """Output channels `rows` of `conv` read nothing and add no bias: they are 0 for every input."""
+    conv.weight[rows] = 0
+    if conv.bias is not None:
+        conv.bias[rows] = 0
+
+
+def pass_through(conv: nn.Conv2d, channels: int = 3, kernel: torch.Tensor | None = None) -> None:
+    """Rows 0..channels-1 of `conv` copy input channel i to output channel i (through `kernel`, a
+    centred 3×3 tap by default) and read nothing else; the other rows keep their weights and carry on
+    learning. On a to-image conv (3 output rows) that is every row: it reads channels 0..2 alone.
+    Identity warm starts (`init_identity`) are built from these two; call them under no_grad."""
+    zero_rows(conv, slice(0, channels))
+    if kernel is None:
+        kernel = torch.zeros(3, 3)
+        kernel[1, 1] = 1.0
+    for i in range(channels):
+        conv.weight[i, i] = kernel
 
 
 def pad_to_multiple(x, multiple: int):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ugpnet.archs import RegressionBackbone
 from ugpnet.archs.blocks import pad_to_multiple
 from ugpnet.fastpath import in_fast_layout, runs_fast
 
@@ -98,7 +99,7 @@ class SupervisedAttention(nn.Module):
         return gated + x, predicted
 
 
-class HINet(nn.Module):
+class HINet(nn.Module, RegressionBackbone):
     def __init__(self, in_chn=3, wf=64, depth=5, relu_slope=0.2, hin_position_left=0, hin_position_right=4):
         super().__init__()
         self.depth, self.feature_channels = depth, wf
@@ -128,6 +129,9 @@ class HINet(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         return ["conv_02.weight", "conv_02.bias", "last.weight", "last.bias"]
+
+    def init_identity(self) -> None:
+        raise ValueError("init_identity supports the NAFNet backbones, unet and rrdb_x8, not hinet")
 
     def forward(self, image):
         """Returns the stage-2 decoder feature (B, wf, H, W) for any H×W."""

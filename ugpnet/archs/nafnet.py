@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ugpnet.archs.blocks import pad_to_multiple
+from ugpnet.archs import RegressionBackbone
+from ugpnet.archs.blocks import pad_to_multiple, zero_rows
 from ugpnet.fastpath import CHANNELS_LAST, in_fast_layout, runs_fast
 
 
@@ -101,7 +102,7 @@ class NAFBlock(nn.Module):
         return x.mul_(self.gamma).add_(y)
 
 
-class NAFNet(nn.Module):
+class NAFNet(nn.Module, RegressionBackbone):
     def __init__(self, img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=(), dec_blk_nums=()):
         super().__init__()
         self.feature_channels = width
@@ -123,6 +124,17 @@ class NAFNet(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         return ["ending.weight", "ending.bias"]
+
+    def init_identity(self) -> None:
+        """With zero beta/gamma (as built) every NAFBlock is the identity, so the last feature is
+        intro(x) plus the last up-projection: zeroing their rows for channels 0..2 (PixelShuffle(2)
+        fills channel c from rows 4c..4c+3) leaves those channels of the feature at exactly 0."""
+        blocks = [m for m in self.modules() if isinstance(m, NAFBlock)]
+        if any(b.beta.abs().sum() or b.gamma.abs().sum() for b in blocks):
+            raise ValueError("init_identity needs a fresh NAFNet (every block's beta and gamma zero, as built)")
+        zero_rows(self.intro, slice(0, 3))
+        if self.ups:
+            zero_rows(self.ups[-1][0], slice(0, 12))
 
     def forward(self, inp):
         """Returns the last decoder feature (B, width, H, W) for any H×W."""

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ugpnet.archs.blocks import pad_to_multiple
+from ugpnet.archs import RegressionBackbone
+from ugpnet.archs.blocks import pad_to_multiple, zero_rows
 from ugpnet.fastpath import in_fast_layout, runs_fast
 
 
@@ -18,7 +19,7 @@ class DoubleConv(nn.Sequential):
                          nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))
 
 
-class UNet(nn.Module):
+class UNet(nn.Module, RegressionBackbone):
     def __init__(self, img_channel=3, width=32, depth=4):
         super().__init__()
         self.feature_channels = width
@@ -35,6 +36,12 @@ class UNet(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         return ["ending.weight", "ending.bias"]
+
+    def init_identity(self) -> None:
+        """The feature is LeakyReLU(conv(...)) of the last decoder (the middle block when depth is 0):
+        zeroing that conv's rows 0..2 makes those channels exactly 0."""
+        last = self.decoders[-1] if len(self.decoders) else self.middle
+        zero_rows(last[2], slice(0, 3))
 
     def forward(self, inp):
         x, (h, w) = pad_to_multiple(in_fast_layout(self, inp) if runs_fast(self) else inp, self.padder_size)

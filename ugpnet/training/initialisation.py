@@ -29,8 +29,7 @@ def read_pretrained(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def init_regression_backbone(model: UGPNet, path: str | os.PathLike) -> None:
     """Stage 1: the regression backbone (residual approach) or the whole ×8 net (direct approach)."""
-    target = getattr(model.resmodule, "regression", model.resmodule)
-    load_state_dict_strict(target, read_pretrained(path), f"{path} (regression backbone)")
+    load_state_dict_strict(model.resmodule.regression_backbone, read_pretrained(path), f"{path} (regression backbone)")
 
 
 def init_generator(model: UGPNet, path: str | os.PathLike) -> None:
@@ -65,8 +64,7 @@ def init_fusion_from_restoration(model: UGPNet) -> None:
     before the head's LeakyReLU, which only touches negative pixels). Gradients reach every zeroed weight.
     """
     fusion = model.fusmodule
-    head = model.resmodule.encoder.to_img.body[0] if hasattr(model.resmodule, "encoder") \
-        else model.resmodule.conv_last
+    head = model.resmodule.image_head
     if head.weight.shape != fusion.last.weight.shape:
         raise ValueError(f"restoration head {tuple(head.weight.shape)} and fusion output conv "
                          f"{tuple(fusion.last.weight.shape)} differ; cannot start fusion from restoration")
@@ -77,60 +75,6 @@ def init_fusion_from_restoration(model: UGPNet) -> None:
         nn.init.zeros_(block.body[2].bias)
     fusion.last.weight.copy_(head.weight)
     fusion.last.bias.copy_(head.bias - FUSION_INIT_SHIFT * head.weight.sum(dim=(1, 2, 3)))
-
-
-# Separable [1, 2, 1]/4 after a nearest ×2 upsampling is exactly bilinear ×2 (align_corners=False).
-BILINEAR_AFTER_NEAREST = torch.tensor([0.25, 0.5, 0.25])
-
-
-def _zero_rows(conv: nn.Conv2d, rows: slice) -> None:
-    conv.weight[rows] = 0
-    if conv.bias is not None:
-        conv.bias[rows] = 0
-
-
-def _pass_through(conv: nn.Conv2d, channels: int = 3, kernel: torch.Tensor | None = None) -> None:
-    """Rows 0..channels-1 of `conv` copy input channel i to output channel i (through `kernel`, a
-    centred 3×3 tap by default) and read nothing else; the other rows keep their weights and carry on
-    learning. On a to-image conv (3 output rows) that is every row: it reads channels 0..2 alone."""
-    _zero_rows(conv, slice(0, channels))
-    if kernel is None:
-        kernel = torch.zeros(3, 3)
-        kernel[1, 1] = 1.0
-    for i in range(channels):
-        conv.weight[i, i] = kernel
-
-
-def _init_residual_identity(model: UGPNet) -> None:
-    regression, encoder = model.resmodule.regression, model.resmodule.encoder
-    if not hasattr(regression, "intro") or not hasattr(regression, "ups"):
-        raise ValueError(f"init_identity supports the NAFNet backbones and rrdb_x8, not {model.preset.backbone!r}")
-    blocks = [m for m in regression.modules() if hasattr(m, "beta") and hasattr(m, "gamma")]
-    if any(b.beta.abs().sum() or b.gamma.abs().sum() for b in blocks):
-        raise ValueError("init_identity needs a fresh NAFNet (every block's beta and gamma zero, as built)")
-    # With zero beta/gamma every NAFBlock is the identity, so the last feature is intro(x) plus the last
-    # up-projection: zeroing their rows for channels 0..2 (PixelShuffle(2) fills channel c from rows
-    # 4c..4c+3) leaves those channels of the regression feature at exactly 0.
-    _zero_rows(regression.intro, slice(0, 3))
-    _zero_rows(regression.ups[-1][0], slice(0, 12))
-    for block in [encoder.input_encoder, *encoder.merge_decoder]:
-        for conv in block.conv:
-            _pass_through(conv)
-    _pass_through(encoder.to_img.body[0])
-
-
-def _init_direct_identity(model: UGPNet) -> None:
-    net = model.resmodule
-    _pass_through(net.conv_first)
-    _zero_rows(net.conv_body, slice(0, 3))            # feat + conv_body(body(feat)) keeps channels 0..2
-    # Nearest ×2 twice, then bilinear ×2: smoothing at 32 and 64 px too would be closer to bicubic
-    # inside but darkens a 4–8 px border band (zero padding); measured on 128 px photo crops this mix
-    # starts 1.5 dB below bicubic against 2–4 dB for the others. Training takes it from there.
-    for conv in (net.conv_up1, net.conv_up2):
-        _pass_through(conv)
-    _pass_through(net.conv_up3, kernel=torch.outer(BILINEAR_AFTER_NEAREST, BILINEAR_AFTER_NEAREST))
-    _pass_through(net.conv_hr)
-    _pass_through(net.conv_last)
 
 
 @torch.no_grad()
@@ -145,9 +89,7 @@ def init_restoration_identity(model: UGPNet) -> None:
     feature is zeroed on those channels, and the to-image conv reads only them. Images are ≥ 0, so
     the LeakyReLUs pass them unchanged: I_R = LQ exactly for the residual backbones (border included).
     The other channels keep their random weights; the to-image conv's zeroed columns get gradients at
-    the first step, and from then on the whole network learns.
+    the first step, and from then on the whole network learns. Each architecture does its own part
+    (`RestorationModule.init_identity`, `RegressionBackbone.init_identity` in ugpnet.archs).
     """
-    if hasattr(model.resmodule, "encoder"):
-        _init_residual_identity(model)
-    else:
-        _init_direct_identity(model)
+    model.resmodule.init_identity()
