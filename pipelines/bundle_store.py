@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines import storage
-from ugpnet.checkpoint import CONFIG_FILE, DISCRIMINATOR_FILE, WEIGHTS_FILE
+from ugpnet.checkpoint import CONFIG_FILE
 
 
 def upload_directory(local: Path, target: storage.Location) -> None:
@@ -30,16 +30,6 @@ def bundle_exists(location: storage.Location) -> bool:
     from pyarrow import fs as pafs
 
     return storage.file_info(location.child(CONFIG_FILE)).type == pafs.FileType.File
-
-
-def bundle_payload(bundle: Path, *, source: str, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
-    """The bundle in the local folder `bundle` (see fetched_bundle) as bytes: config JSON, weights,
-    optionally the discriminator, for remote code to rebuild the model from wherever it runs (see
-    train_loop.payload_model). `source` names where the bundle came from."""
-    discriminator = bundle / DISCRIMINATOR_FILE
-    return {"source": source, "config": (bundle / CONFIG_FILE).read_text(),
-            "weights": (bundle / WEIGHTS_FILE).read_bytes(),
-            "discriminator": discriminator.read_bytes() if with_discriminator and discriminator.is_file() else None}
 
 
 @contextlib.contextmanager

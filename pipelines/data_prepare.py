@@ -48,8 +48,10 @@ def prepare(dest: str, sources: list[str], max_side: int = 1024, val_fraction: f
         raise ValueError("val_fraction/test_fraction: need 0 ≤ val, 0 < test and val + test < 1")
     if max_side < 64:
         raise ValueError(f"max_side: must be ≥ 64, got {max_side}")
+    from ugpnet.model_refs import cache_dir  # here, not at the top: `ugpnet --help` must not load torch
+
     root = storage.resolve(dest)
-    cache = cache or Path.home() / ".cache" / "ugpnet" / "photo-sources"
+    cache = cache or cache_dir() / "photo-sources"
     records = []
     for source in sources:
         for photo in SOURCES[source](cache):

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipelines import storage
 from pipelines.error_kinds import error_text
-from pipelines.restore_stages import ERROR, OK, PENDING, build_model
+from pipelines.restore_stages import ERROR, OK, PENDING
 from ugpnet.degradations import BlurConfig, Degradation, NoiseConfig
 
 TASKS = ("denoise", "deblur", "sr")
@@ -222,12 +222,14 @@ class EvaluateModel:
         import ray
         import torch
 
+        from pipelines.model_refs import payload_model
+
         payload = ray.get(payload_ref) if isinstance(payload_ref, ray.ObjectRef) else payload_ref
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
         self.settings = settings
-        self.model = build_model(payload, self.device)
+        self.model = payload_model(payload, self.device)
         self.lpips = None
         if settings.with_lpips:
             from ugpnet.vgg import LPIPS, PerceptualWeights

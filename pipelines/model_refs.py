@@ -1,30 +1,28 @@
-"""`--model` references, resolved once on the driver to a local bundle and a concrete version.
+"""`--model` references, resolved once on the driver to a local bundle and a concrete version, and
+the one payload every remote stage (restore, evaluate, train) rebuilds its model from.
 
-Accepted references:
-- a bundle directory (`model.safetensors` + `ugpnet.json`);
-- `models:/NAME@ALIAS` or `models:/NAME/VERSION`: the MLflow registry (see pipelines.registry);
-- `default` or `default:TASK`: the shipped default bundle for a task (`pipelines/defaults/TASK/` or
-  `ugpnet/defaults/TASK/`), or whatever resolver is registered for the `default` scheme;
-- `preset:NAME` or `preset:NAME@SEED`: fresh random weights of a preset (tests and demos only).
+The references are those ugpnet.model_refs resolves (a bundle directory, `default[:TASK]`,
+`preset:NAME[@SEED]`, `SCHEME:…` through the `ugpnet.model_refs` entry points); `models:/NAME@ALIAS` and
+`models:/NAME/VERSION` are fetched here directly from pipelines.registry, which also says which registry
+version the alias pointed at.
 
 The model version recorded in every manifest row is the content hash of `model.safetensors`, so two
 references to the same weights (a path and a registry alias) count as the same version on re-runs.
 """
 
 import hashlib
-import os
-import shutil
-import tempfile
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ugpnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from ugpnet.checkpoint import CONFIG_FILE, DISCRIMINATOR_FILE, WEIGHTS_FILE, read_bundle_config
+from ugpnet.model import UGPNet
+from ugpnet.model_refs import ModelRefError, resolve_ref
+from ugpnet.presets import Preset
+from ugpnet.state_dicts import load_state_dict_strict
 
+REGISTRY_SCHEME = "models:"
 HASH_CHUNK = 8 << 20
-
-
-class ModelRefError(ValueError):
-    """The reference cannot be resolved to a bundle; the message says which form was expected."""
 
 
 @dataclass(frozen=True)
@@ -44,41 +42,46 @@ class ResolvedModel:
                 "preset": self.preset, "task": self.task, "input_size": self.input_size, "scale": self.scale}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
-
-
 def resolve_model(ref: str) -> ResolvedModel:
     ref = str(ref).strip()
     if not ref:
         raise ModelRefError("empty model reference")
-    registry_version = None
-    if ref.startswith("models:/"):
+    if ref.startswith(REGISTRY_SCHEME):
         bundle, registry_version = _registry_bundle(ref)
-    elif ref.startswith("preset:"):
-        bundle = _preset_bundle(ref[len("preset:"):])
-    elif ref == "default" or ref.startswith("default:"):
-        bundle = _default_bundle(ref)
     else:
-        bundle = Path(ref).expanduser()
-        if not bundle.is_dir():
-            raise ModelRefError(f"model reference {ref!r} is not a bundle directory, models:/NAME@ALIAS, "
-                                f"models:/NAME/VERSION, default[:TASK] or preset:NAME")
+        bundle, registry_version = resolve_ref(ref), None
     return _describe_bundle(ref, bundle, registry_version)
 
 
 def load_payload(model: ResolvedModel) -> dict:
-    """What a model actor needs to build the model anywhere in the cluster: the bundle config
-    (JSON text) and the safetensors bytes. Shipped through the object store, not a shared disk."""
-    bundle = Path(model.bundle_dir)
-    return {"config": (bundle / CONFIG_FILE).read_text(), "weights": (bundle / WEIGHTS_FILE).read_bytes(),
-            "version": model.model_version}
+    """The payload of a resolved model (see bundle_payload), named by its version in load errors."""
+    return bundle_payload(Path(model.bundle_dir), source=f"model {model.model_version}")
+
+
+def bundle_payload(bundle: Path, *, source: str, with_discriminator: bool = False) -> dict[str, bytes | str | None]:
+    """What a remote stage needs to build the model anywhere in the cluster, shipped through the object
+    store rather than a shared disk: the bundle config (JSON text), the safetensors bytes, optionally
+    the discriminator's, and `source`, where the bundle came from (named in load errors)."""
+    discriminator = bundle / DISCRIMINATOR_FILE
+    return {"source": source, "config": (bundle / CONFIG_FILE).read_text(),
+            "weights": (bundle / WEIGHTS_FILE).read_bytes(),
+            "discriminator": discriminator.read_bytes() if with_discriminator and discriminator.is_file() else None}
+
+
+def payload_model(payload: dict, device="cpu", *, assign: bool = True) -> UGPNet:
+    """The UGPNet of a payload (see bundle_payload), strictly loaded, in eval mode, with its bundle config.
+    `assign`: the module keeps the tensors just read from the bytes, no second full copy of the weights."""
+    from safetensors.torch import load as load_safetensors
+
+    config = json.loads(payload["config"])
+    model = UGPNet(Preset.from_dict(config["preset"]))
+    load_state_dict_strict(model, load_safetensors(payload["weights"]), payload.get("source") or "model payload",
+                           assign=assign)
+    model.bundle_config = config
+    return model.to(device).eval()
 
 
 def _describe_bundle(ref: str, bundle: Path, registry_version: str | None) -> ResolvedModel:
-    from ugpnet.checkpoint import read_bundle_config
-    from ugpnet.presets import Preset
-
     weights = bundle / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelRefError(f"{bundle} is not a UGPNet bundle: {WEIGHTS_FILE} is missing")
@@ -113,44 +116,3 @@ def _registry_bundle(ref: str) -> tuple[Path, str]:
         raise
     except Exception as err:  # MlflowException, connection errors: all mean "cannot resolve"
         raise ModelRefError(f"cannot resolve {ref} in the MLflow registry: {err}") from err
-
-
-def _default_bundle(ref: str) -> Path:
-    from ugpnet.checkpoint import DEFAULT_TASK, default_bundle
-
-    try:
-        return default_bundle(ref.partition(":")[2] or DEFAULT_TASK)
-    except FileNotFoundError as err:
-        raise ModelRefError(f"{err}; pass a bundle directory, models:/NAME@ALIAS or preset:NAME instead") from None
-
-
-def _preset_bundle(spec: str) -> Path:
-    """Random weights of a preset, saved once as a bundle in the cache (deterministic per seed)."""
-    import ugpnet
-
-    name, _, seed_text = spec.partition("@")
-    try:
-        seed = int(seed_text) if seed_text else 0
-    except ValueError:
-        raise ModelRefError(f"preset:{spec}: the seed after '@' must be an integer") from None
-    try:
-        ugpnet.get_preset(name)
-    except ValueError as err:
-        raise ModelRefError(str(err)) from None
-    target = cache_dir() / "presets" / f"{name}-seed{seed}"
-    if (target / CONFIG_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        model = ugpnet.build(name, seed=seed)
-        ugpnet.save(model, staging, provenance={"source": f"preset:{name}", "seed": seed,
-                                                "note": "random weights, for tests and demos"})
-        try:
-            staging.rename(target)  # atomic: concurrent resolvers never see half a bundle
-        except OSError:
-            if not (target / CONFIG_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -20,7 +20,7 @@ GPU_BATCH_CANDIDATES = (1, 2, 4, 8, 16)
 # while a batch holds at most four 512² tiles' worth of pixels: 512² keeps (1, 2, 4) as before.
 CPU_MAX_BATCH = 16
 CPU_BATCH_PIXELS = 4 * 512 * 512
-DEFAULT_COMPILE_CACHE = "~/.cache/ugpnet/inductor"
+COMPILE_CACHE_FOLDER = "inductor"  # in the node's ugpnet.model_refs.cache_dir() when no compile_cache_dir is set
 
 
 def cpu_batch_candidates(input_size: int) -> tuple[int, ...]:
@@ -53,7 +53,7 @@ class ExecutionSettings:
 
     precision: str = "fp32"            # fp32 | bf16 | fp16 (fp16: CUDA only)
     compile: str = "off"               # off | on | auto (auto: when the planned work amortises it)
-    compile_cache_dir: str = ""        # inductor's persistent cache; "" → DEFAULT_COMPILE_CACHE
+    compile_cache_dir: str = ""        # inductor's persistent cache; "" → COMPILE_CACHE_FOLDER in the cache dir
     batch_size: int | None = None      # tiles per forward pass; None: measured at start-up
     planned_images: int = 1000         # images this pool will process (sizes the start-up measurements)
 
@@ -132,10 +132,11 @@ class ModuleRunner:
 
     def _wants_compile(self) -> bool:
         from ugpnet.compiled import CompileRecords, should_compile, use_cache_dir
+        from ugpnet.model_refs import cache_dir
 
         if self.execution.compile == "off":
             return False
-        self.cache_dir = use_cache_dir(self.execution.compile_cache_dir or DEFAULT_COMPILE_CACHE)
+        self.cache_dir = use_cache_dir(self.execution.compile_cache_dir or cache_dir() / COMPILE_CACHE_FOLDER)
         self.record_key = (f"{self.model.preset.name}|{self.module}|{self.device.type}|{self.execution.precision}"
                            f"|b{self.batch_size}")
         record = CompileRecords(self.cache_dir).get(self.record_key, self.device.type)

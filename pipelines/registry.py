@@ -26,7 +26,6 @@ PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "m
 # The pyfunc model's inference params and their defaults (the params schema's): fit is UGPNet.restore's
 # own default policy, so no params means the same as restore(); precision as `ugpnet restore --precision`.
 PYFUNC_PARAM_DEFAULTS = {"fit": "resize", "precision": "fp32", "strip_metadata": False}
-CACHE_DIR = Path(os.environ.get("UGPNET_CACHE", Path.home() / ".cache" / "ugpnet"))
 # Written last into a finished download: a cache folder without it (a download killed half way, or one
 # made before this marker existed) is fetched again, never trusted.
 COMPLETE_MARKER = ".ugpnet-download-complete"
@@ -115,10 +114,12 @@ def download_bundle(ref: str) -> tuple[Path, str]:
     """Fetch the bundle of a `models:/` ref into the local cache; returns (bundle dir, 'name/vN')."""
     import mlflow
 
+    from ugpnet.model_refs import cache_dir
+
     version = resolve_version(ref)
     tracking = mlflow.get_tracking_uri()
     key = hashlib.sha256(f"{tracking}|{version.name}|{version.version}".encode()).hexdigest()[:16]
-    target = CACHE_DIR / "registry" / key
+    target = cache_dir() / "registry" / key
     if not (target / COMPLETE_MARKER).is_file():
         _download_whole(f"models:/{version.name}/{version.version}", target)
     bundle = bundle_path_in_model(target)

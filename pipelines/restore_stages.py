@@ -264,6 +264,7 @@ class ModelStage:
         import ray
         import torch
 
+        from pipelines.model_refs import payload_model
         from pipelines.model_runtime import ExecutionSettings, ModuleRunner
 
         if module not in ("fused", *MODULES):
@@ -273,7 +274,7 @@ class ModelStage:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.model = build_model(payload, self.device)
+        self.model = payload_model(payload, self.device)
         del payload  # the weights now live in the module; the bytes are not needed again
         self.module, self.keep_intermediate = module, keep_intermediate
         self.transport = transport
@@ -491,22 +492,6 @@ def _unpack(tensor):
     if tensor.dtype == torch.uint16:
         return tensor.to(torch.float32).div_(TILE_LEVELS)
     return tensor.float()
-
-
-def build_model(payload: dict, device):
-    """A UGPNet from a bundle payload (config JSON + safetensors bytes), strictly loaded, in eval mode."""
-    from safetensors.torch import load as load_safetensors
-
-    from ugpnet.model import UGPNet
-    from ugpnet.presets import Preset
-    from ugpnet.state_dicts import load_state_dict_strict
-
-    config = json.loads(payload["config"])
-    model = UGPNet(Preset.from_dict(config["preset"]))
-    # assign: the module keeps the tensors just read from the bytes, no second full copy of the weights.
-    load_state_dict_strict(model, load_safetensors(payload["weights"]), f"model {payload.get('version', '')}",
-                           assign=True)
-    return model.to(device).eval()
 
 
 # ---------------------------------------------------------------- assemble, encode, write (CPU task)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines import logs, options, storage
-from pipelines.bundle_store import bundle_exists, bundle_payload, fetched_bundle, upload_directory
+from pipelines.bundle_store import bundle_exists, fetched_bundle, upload_directory
+from pipelines.model_refs import bundle_payload
 from pipelines.options import option
 from pipelines.redaction import redact, redact_values
 from pipelines.tracking import tracking_uri

@@ -1,7 +1,6 @@
 """What each Ray Train worker runs for one stage: resume, iterate its data shard, step, validate,
 checkpoint. Metrics go to the stage's MLflow run from rank 0 only."""
 
-import json
 import tempfile
 import threading
 import time
@@ -11,9 +10,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
+from pipelines.model_refs import payload_model
 from ugpnet.checkpoint import WEIGHTS_FILE
-from ugpnet.model import UGPNet
-from ugpnet.presets import Preset
 from ugpnet.state_dicts import load_state_dict_strict
 from ugpnet.training.hyperparams import TrainHyperparams
 from ugpnet.training.trainer import StageTrainer
@@ -138,15 +136,6 @@ def ddp_wrapper(world_size: int):
     return lambda module: DistributedDataParallel(module)
 
 
-def payload_model(payload: dict) -> UGPNet:
-    """The start model from a bundle payload (pipelines.bundle_store.bundle_payload), strictly loaded."""
-    config = json.loads(payload["config"])
-    model = UGPNet(Preset.from_dict(config["preset"]))
-    load_state_dict_strict(model, load_safetensors(payload["weights"]), payload.get("source", "start bundle"))
-    model.bundle_config = config
-    return model.eval()
-
-
 def train_stage_loop(config: dict) -> None:
     """`train_loop_per_worker` of the stage's TorchTrainer (config: see pipelines.train.stage_loop_config)."""
     import ray
@@ -161,7 +150,7 @@ def train_stage_loop(config: dict) -> None:
     hp = hyperparams.stage(stage)
 
     payload = ray.get(config["start_payload"])
-    model = payload_model(payload)
+    model = payload_model(payload, assign=False)  # copied, not assigned: the module's own dtypes and flags stay
     discriminator = None
     if stage == "synthesis" and payload.get("discriminator"):
         from ugpnet.model import build_discriminator

@@ -5,7 +5,8 @@ import pytest
 
 import ugpnet
 from pipelines import storage
-from pipelines.bundle_store import bundle_payload, fetched_bundle, upload_directory
+from pipelines.bundle_store import fetched_bundle, upload_directory
+from pipelines.model_refs import bundle_payload
 
 pytest_plugins = ["services"]
 

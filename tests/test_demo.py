@@ -9,7 +9,7 @@ import pytest
 import ugpnet
 from pipelines.cli import main as cli_main
 from pipelines.demo import demo_photos
-from ugpnet.checkpoint import default_bundle
+from ugpnet.model_refs import default_bundle
 
 
 def test_shipped_defaults_load_through_the_library():

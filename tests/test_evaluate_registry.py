@@ -29,7 +29,6 @@ def tracking(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, mlflow_server(workdir, str(workdir / "artifacts"), {}) as uri:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("UGPNET_CACHE", str(tmp_path_factory.mktemp("cache")))
-        patch.setattr("pipelines.registry.CACHE_DIR", tmp_path_factory.mktemp("registry-cache"))
         mlflow.set_tracking_uri(uri)
         yield uri
 

@@ -55,7 +55,7 @@ def registered(tracking, tiny_bundle):
 
 
 def test_register_load_predict_and_promote(tracking, registered, tiny_bundle, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("UGPNET_CACHE", str(tmp_path / "cache"))
     assert mlflow.MlflowClient().get_model_version_by_alias(registered, "candidate").version == "1"
 
     loaded = ugpnet.load("models:/ugpnet-denoise@candidate")
@@ -92,7 +92,7 @@ def test_a_download_killed_half_way_is_fetched_again(tracking, registered, tiny_
     would leave them (and, like such a folder, it carries no completion marker)."""
     from pipelines.registry import COMPLETE_MARKER, download_bundle
 
-    monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("UGPNET_CACHE", str(tmp_path / "cache"))
     bundle, _ = download_bundle("models:/ugpnet-denoise/1")
     cached = next(p for p in (tmp_path / "cache" / "registry").iterdir() if not p.name.startswith("."))
     (cached / COMPLETE_MARKER).unlink(missing_ok=True)
@@ -121,10 +121,10 @@ def test_unknown_reference_scheme_is_a_clear_error():
 
 @pytest.mark.parametrize("task", ["denoise", "deblur", "sr"])
 def test_the_shipped_defaults_register_and_load_back_from_mlflow(task, tracking, monkeypatch, tmp_path):
-    from ugpnet.checkpoint import default_bundle
+    from ugpnet.model_refs import default_bundle
 
     bundle = default_bundle(task)
-    monkeypatch.setattr("pipelines.registry.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("UGPNET_CACHE", str(tmp_path / "cache"))
     assert cli_main(["models", "--tracking-uri", tracking, "register-bundle", str(bundle),
                      "--name", f"ugpnet-default-{task}"]) == 0
     loaded = ugpnet.load(f"models:/ugpnet-default-{task}@candidate")

@@ -1,6 +1,7 @@
 """Model bundles (directory: `model.safetensors` + `ugpnet.json`); strict loading is ugpnet.state_dicts.
 
 No pickles: weights are safetensors; official `.pth` files are read with `weights_only=True`.
+References to bundles (paths, `default:`, `preset:`, `models:/`…) are resolved by ugpnet.model_refs.
 """
 
 import json
@@ -29,7 +30,7 @@ def save(model: UGPNet, directory: str | os.PathLike, *, task: str | None = None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "ugpnet", "preset": model.preset.name})
+    save_weights(state, directory / WEIGHTS_FILE, metadata={"format": "ugpnet", "preset": model.preset.name})
     for stem, tensors in (extra_tensors or {}).items():
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
                   str(directory / f"{stem}.safetensors"))
@@ -37,6 +38,23 @@ def save(model: UGPNet, directory: str | os.PathLike, *, task: str | None = None
               "task": task or model.preset.task, "provenance": provenance or {}}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with file bytes that depend on the tensors and metadata only. save_file
+    orders the metadata as a hash map iterates, which changes from process to process, and the file's
+    content hash is the model version: rewrite the header with the metadata sorted (same length)."""
+    save_file(state, str(path), metadata=metadata)
+    with open(path, "r+b") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+        tensors = sorted((item for item in header.items() if item[0] != "__metadata__"),
+                         key=lambda item: item[1]["data_offsets"])
+        canonical = json.dumps({"__metadata__": dict(sorted(header.get("__metadata__", {}).items())),
+                                **dict(tensors)}, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(canonical) <= length:  # the same entries in another order: never longer
+            file.seek(8)
+            file.write(canonical.ljust(length))
 
 
 def read_bundle_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -58,41 +76,4 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-REF_RESOLVERS_GROUP = "ugpnet.model_refs"
-DEFAULT_SCHEME = "default"     # `default:TASK` (or `default`): the bundles shipped in ugpnet/defaults/
-DEFAULT_TASK = "denoise"
-DEFAULTS_DIR = Path(__file__).parent / "defaults"
-
-
-def resolve_ref(ref: str | os.PathLike) -> Path:
-    """Bundle directory for a reference: a path, or `SCHEME:…` handled by a resolver registered
-    under the `ugpnet.model_refs` entry-point group (e.g. `models:` from the pipelines, which
-    needs MLflow; this library itself never imports it)."""
-    path = Path(ref)
-    if path.is_dir():
-        return path
-    scheme, sep, rest = str(ref).partition(":")
-    if scheme == DEFAULT_SCHEME and (rest or not sep):
-        return default_bundle(rest or DEFAULT_TASK)
-    if sep:
-        from importlib.metadata import entry_points
-
-        for entry in entry_points(group=REF_RESOLVERS_GROUP, name=scheme):
-            return Path(entry.load()(str(ref)))
-        raise ValueError(f"no resolver for model reference scheme {scheme!r} in {str(ref)!r}")
-    raise FileNotFoundError(f"model reference {str(ref)!r} is not a bundle directory")
-
-
-def default_bundle(task: str) -> Path:
-    """The default model shipped inside this package for `task` (denoise | deblur | sr)."""
-    bundle = DEFAULTS_DIR / task
-    if not (bundle / CONFIG_FILE).is_file():
-        shipped = sorted(p.name for p in DEFAULTS_DIR.glob("*") if (p / CONFIG_FILE).is_file())
-        raise FileNotFoundError(f"no shipped default model for task {task!r} in {DEFAULTS_DIR} "
-                                f"(shipped: {', '.join(shipped) or 'none'})")
-    return bundle
-
-
-def load(ref: str | os.PathLike, device: str | torch.device = "cpu") -> UGPNet:
-    """Load a model: a bundle directory, `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `default:TASK`."""
-    return load_bundle(resolve_ref(ref), device)
+DEFAULT_TASK = "denoise"  # what the reference `default` without `:TASK` names (ugpnet.model_refs)
