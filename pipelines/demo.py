@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ugpnet.tasks import DEFAULT_TASK, TASK_SPECS, TASKS, get_task
+
 DEMO_MAX_SIDE = 512
-TASK_DEGRADATIONS = {"denoise": "denoise_sigma25", "deblur": "deblur_gaussian_sigma2", "sr": "sr_bicubic_x8"}
+SIDE_MULTIPLE = max(spec.scale for spec in TASK_SPECS.values())  # the same photos for every task: ×8 SR needs
+                                                                 # sides divisible by 8
 
 
 def add_parsers(sub) -> None:
     parser = sub.add_parser("demo", help="restore the sample photos with the default model; write an HTML page")
     parser.add_argument("--out", default="demo_output", help="folder for inputs, outputs and index.html")
     parser.add_argument("--model", default=None, help="model reference (default: default:<task>)")
-    parser.add_argument("--task", default="denoise", choices=sorted(TASK_DEGRADATIONS))
+    parser.add_argument("--task", default=DEFAULT_TASK, choices=TASKS)
     parser.add_argument("--fit", default="tile", choices=("tile", "resize"))
     parser.set_defaults(handler=run_cli)
 
@@ -41,11 +44,11 @@ def prepare_inputs(out: Path, task: str) -> list[str]:
     clean_dir, degraded_dir = out / "clean", out / "degraded"
     clean_dir.mkdir(parents=True, exist_ok=True)
     degraded_dir.mkdir(parents=True, exist_ok=True)
-    degradation = get_degradation(TASK_DEGRADATIONS[task])
+    degradation = get_degradation(get_task(task).demo_degradation)
     names = []
     for index, (stem, image) in enumerate(demo_photos()):
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        h, w = (rgb.shape[0] // 8) * 8, (rgb.shape[1] // 8) * 8  # ×8 SR needs sides divisible by 8
+        h, w = (rgb.shape[0] // SIDE_MULTIPLE) * SIDE_MULTIPLE, (rgb.shape[1] // SIDE_MULTIPLE) * SIDE_MULTIPLE
         rgb = np.ascontiguousarray(rgb[:h, :w])
         lq = degrade(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), degradation, sample_seed(2024, index))
         (clean_dir / f"{stem}.png").write_bytes(encode_image(rgb))
@@ -118,7 +121,7 @@ def run_cli(args) -> int:
 
     out = Path(args.out).resolve()
     names = prepare_inputs(out, args.task)
-    model = args.model or f"default:{args.task}"
+    model = args.model or get_task(args.task).default_model
     summary = run(RestoreConfig(input=str(out / "degraded"), output=str(out / "restored"), model=model,
                                 fit=args.fit, save_intermediate=True, overwrite=True))
     page = write_page(out, names, model, summary)

@@ -19,6 +19,7 @@ from pipelines.tracking import tracking_uri
 from pipelines.train_config import TrainConfig, build_config, degradation_for, validate
 from ugpnet.checkpoint import DISCRIMINATOR_FILE, DISCRIMINATOR_STEM
 from ugpnet.stages import STAGES
+from ugpnet.tasks import TASKS
 
 RUN_TAG, STAGE_TAG = "ugpnet.run_name", "ugpnet.stage"
 STEPS_PER_EPOCH = 100  # iterations per pass over the data stream (crops are drawn afresh every pass)
@@ -278,7 +279,7 @@ def add_parsers(sub) -> None:
     parser = sub.add_parser("train", help="train the three stages on Ray Train, tracked in MLflow")
     parser.add_argument("--config", help="YAML or JSON file with any of the fields below")
     parser.add_argument("--preset")
-    parser.add_argument("--task", choices=("denoise", "deblur", "sr"))
+    parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--data", help="folder or s3:// prefix of clean images")
     parser.add_argument("--run-name", dest="run_name")
     parser.add_argument("--storage", help="folder or s3:// prefix for checkpoints (default ./runs)")

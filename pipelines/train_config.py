@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS
+from ugpnet.degradations import NAMED_DEGRADATIONS
 from ugpnet.images import PHOTO_EXTENSIONS
-from ugpnet.presets import PRESETS, TASKS, get_preset
+from ugpnet.presets import PRESETS, get_preset
 from ugpnet.stages import STAGES
+from ugpnet.tasks import TASKS, TRAINING_DEGRADATIONS
 from ugpnet.training.hyperparams import TrainHyperparams, check_hyperparams, default_hyperparams
 
 IMAGE_EXTENSIONS = PHOTO_EXTENSIONS  # what training reads from `data` (no GIF: see ugpnet.images)
@@ -21,8 +22,8 @@ class TrainConfig:
     data: str                                     # folder or s3:// prefix of clean images
     run_name: str                                 # names the MLflow parent run and the storage folder
     storage: str = "runs"                         # folder or s3:// prefix for checkpoints and bundles
-    task: str | None = None                       # denoise | deblur | sr; default: the preset's task
-    degradation: str | None = None                # a named degradation; default: the task's default
+    task: str | None = None                       # a name in ugpnet.tasks.TASKS; default: the preset's task
+    degradation: str | None = None                # a named degradation; default: the task's training one
     workers: int = 1                              # Ray Train workers (DDP: gloo on CPU, NCCL on GPU)
     use_gpu: bool = False
     cpus_per_worker: float | None = None          # None: fit the workers into the cluster, leave room for data
@@ -156,7 +157,7 @@ def check_data_location(uri: str) -> None:
 
 def degradation_for(config: TrainConfig):
     return NAMED_DEGRADATIONS[config.degradation] if config.degradation else \
-        DEFAULT_DEGRADATIONS[config.resolved_task]
+        TRAINING_DEGRADATIONS[config.resolved_task]
 
 
 def parse_value(text: str) -> Any:

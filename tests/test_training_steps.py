@@ -10,9 +10,10 @@ from safetensors.torch import save_file
 
 import ugpnet
 from ugpnet.checkpoint import CheckpointMismatchError
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, degrade, get_degradation, sample_seed
+from ugpnet.degradations import degrade, get_degradation, sample_seed
 from ugpnet.model import build_discriminator
 from ugpnet.stages import STAGE_MODULES
+from ugpnet.tasks import TRAINING_DEGRADATIONS as DEFAULT_DEGRADATIONS
 from ugpnet.training import (
     MissingWeightsError,
     PerceptualWeights,

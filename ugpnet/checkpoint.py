@@ -14,6 +14,7 @@ from torch import nn
 
 from ugpnet.model import UGPNet
 from ugpnet.presets import Preset
+from ugpnet.tasks import DEFAULT_TASK
 
 BUNDLE_FORMAT = 1
 # A bundle's layout: every module that reads or writes bundles takes these names from here.
@@ -92,7 +93,6 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
 
 REF_RESOLVERS_GROUP = "ugpnet.model_refs"
 DEFAULT_SCHEME = "default"     # `default:TASK` (or `default`): the bundles shipped in ugpnet/defaults/
-DEFAULT_TASK = "denoise"
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 
 
