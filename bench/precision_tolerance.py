@@ -26,6 +26,7 @@ from conformance_fixtures import CONFORMANCE_DIR, OFFICIAL_PRESETS, lq_input, wr
 
 import ugpnet  # noqa: E402
 from ugpnet.inference import autocast, eight_bit_distance  # noqa: E402
+from ugpnet.tasks import TASKS, get_task  # noqa: E402
 
 OUTPUTS = ("I_R", "I_G", "I_F")
 
@@ -54,8 +55,8 @@ def measure_default(task: str, precisions: list[str], device: torch.device) -> d
     task, resized to the model's input size."""
     from PIL import Image
 
-    model = ugpnet.load(f"default:{task}").to(device).eval()
-    source = {"denoise": "nafnet_denoise", "deblur": "nafnet_deblur", "sr": "rrdb_x8"}[task]
+    model = ugpnet.load(get_task(task).default_model).to(device).eval()
+    source = next(name for name in OFFICIAL_PRESETS if ugpnet.get_preset(name).task == task)
     with Image.open(CONFORMANCE_DIR / f"{source}.lq.png") as image:
         image = image.convert("RGB").resize((model.input_size, model.input_size), Image.Resampling.BICUBIC)
         lq = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None].to(device)
@@ -73,7 +74,7 @@ def measure_default(task: str, precisions: list[str], device: torch.device) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="*", default=list(OFFICIAL_PRESETS))
-    parser.add_argument("--defaults", nargs="*", default=["denoise", "deblur", "sr"],
+    parser.add_argument("--defaults", nargs="*", default=list(TASKS),
                         help="shipped default models to measure too (trained weights, real photos)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

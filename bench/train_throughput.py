@@ -38,13 +38,13 @@ def plain_loop_stage(preset: str, uris: list[str], steps: int, batch: int, threa
     import ugpnet
     from pipelines.train_data import make_train_sample
     from pipelines.train_loop import ThroughputClock
-    from ugpnet.degradations import DEFAULT_DEGRADATIONS
+    from ugpnet.tasks import TRAINING_DEGRADATIONS
     from ugpnet.training.hyperparams import default_hyperparams
     from ugpnet.training.trainer import StageTrainer
 
     torch.set_num_threads(threads)
     model = ugpnet.build(preset, seed=0)
-    degradation = DEFAULT_DEGRADATIONS[model.preset.task]
+    degradation = TRAINING_DEGRADATIONS[model.preset.task]
     rows = [make_train_sample({"uri": uris[i % len(uris)]}, model.preset.resolution, degradation)
             for i in range(batch * 4)]
     batches = [(torch.stack([torch.from_numpy(r["lq"]) for r in rows[i:i + batch]]),

@@ -11,16 +11,18 @@ import numpy as np
 
 from pipelines import common_options, options
 from pipelines.options import option
+from ugpnet.tasks import DEFAULT_TASK, TASK_SPECS, TASKS, get_task
 
 DEMO_MAX_SIDE = 512
-TASK_DEGRADATIONS = {"denoise": "denoise_sigma25", "deblur": "deblur_gaussian_sigma2", "sr": "sr_bicubic_x8"}
+SIDE_MULTIPLE = max(spec.scale for spec in TASK_SPECS.values())  # the same photos for every task: ×8 SR needs
+                                                                 # sides divisible by 8
 
 
 @dataclass
 class DemoConfig(options.Declared):
     out: str = option("demo_output", help="folder for inputs, outputs and index.html")
     model: str | None = common_options.model(None, default_text="default:<task>")
-    task: str = option("denoise", choices=tuple(sorted(TASK_DEGRADATIONS)), help="the degradation shown")
+    task: str = option(DEFAULT_TASK, choices=TASKS, help="the degradation shown")
     fit: str = option("tile", choices=("tile", "resize"), help="how any image size meets the model")
 
 
@@ -49,11 +51,11 @@ def prepare_inputs(out: Path, task: str) -> list[str]:
     clean_dir, degraded_dir = out / "clean", out / "degraded"
     clean_dir.mkdir(parents=True, exist_ok=True)
     degraded_dir.mkdir(parents=True, exist_ok=True)
-    degradation = get_degradation(TASK_DEGRADATIONS[task])
+    degradation = get_degradation(get_task(task).demo_degradation)
     names = []
     for index, (stem, image) in enumerate(demo_photos()):
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        h, w = (rgb.shape[0] // 8) * 8, (rgb.shape[1] // 8) * 8  # ×8 SR needs sides divisible by 8
+        h, w = (rgb.shape[0] // SIDE_MULTIPLE) * SIDE_MULTIPLE, (rgb.shape[1] // SIDE_MULTIPLE) * SIDE_MULTIPLE
         rgb = np.ascontiguousarray(rgb[:h, :w])
         lq = degrade(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), degradation, sample_seed(2024, index))
         (clean_dir / f"{stem}.png").write_bytes(encode_image(rgb))
@@ -126,7 +128,7 @@ def run_cli(args: DemoConfig) -> int:
 
     out = Path(args.out).resolve()
     names = prepare_inputs(out, args.task)
-    model = args.model or f"default:{args.task}"
+    model = args.model or get_task(args.task).default_model
     summary = run(RestoreConfig(input=str(out / "degraded"), output=str(out / "restored"), model=model,
                                 fit=args.fit, save_intermediate=True, overwrite=True))
     page = write_page(out, names, model, summary)

@@ -36,12 +36,11 @@ from pipelines.config_fields import (
     ConfigError,
     parse_extensions,
 )
-from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE, SR_SCALE, TASKS
+from pipelines.evaluate_stages import BASE_METRICS, MIN_SIDE
 from pipelines.evaluate_tracking import DEFAULT_EXPERIMENT
 from pipelines.options import check_declared, option
+from ugpnet.tasks import TASK_SPECS, TASKS, get_task
 
-DEFAULT_STRENGTHS = {"denoise": (15.0, 25.0, 50.0), "deblur": (1.0, 2.0, 3.0), "sr": (float(SR_SCALE),)}
-STRENGTH_LABELS = {"denoise": "noise σ (0–255)", "deblur": "Gaussian blur σ (px)", "sr": "downscale factor"}
 EXTRA_METRICS = ("lpips", "fid")
 EXIT_NOTHING_EVALUATED = 1
 PER_IMAGE_FILE = "per_image.parquet"
@@ -56,8 +55,10 @@ class EvaluateConfig:
     report: str = option(help="folder or s3://bucket/prefix for report.html, per_image.parquet, summary.json, grids/")
     model: str | None = common.model(None, default_text="default:<task>")
     strengths: tuple[float, ...] | None = option(
-        None, unit="denoise: noise σ in 0–255; deblur: blur σ in px; sr: the downscale factor",
-        default_text="denoise 15,25,50; deblur 1,2,3; sr 8 only", help="comma-separated degradation strengths")
+        None, unit="; ".join(f"{s.name}: {s.strength_label}" for s in TASK_SPECS.values()),
+        default_text="; ".join(f"{s.name} {','.join(f'{v:g}' for v in s.default_strengths)}"
+                               + (" only" if s.fixed_strengths else "") for s in TASK_SPECS.values()),
+        help="comma-separated degradation strengths")
     seed: int = option(2024, minimum=0, unit="RNG seed", help="base seed of the degradations")
     crop: int = option(0, minimum=0, unit="px", default_text="0: whole image",
                        help=f"centre-crop clean images to at most this many pixels a side (0 or >= {MIN_SIDE})")
@@ -97,7 +98,7 @@ class EvaluateConfig:
                 raise ConfigError(name, "is required (a non-empty string)")
         check_declared(self)
         if self.model is None:
-            self.model = f"default:{self.task}"
+            self.model = get_task(self.task).default_model
         if not self.model.strip():
             raise ConfigError("model", "must be a model reference (bundle dir, models:/..., default:TASK, preset:NAME)")
         self.strengths = self._strengths()
@@ -147,7 +148,7 @@ class EvaluateConfig:
 
     def _strengths(self) -> tuple[float, ...]:
         if self.strengths is None:
-            return DEFAULT_STRENGTHS[self.task]
+            return get_task(self.task).default_strengths
         parts = str(self.strengths).split(",") if isinstance(self.strengths, str | int | float) else self.strengths
         try:
             values = tuple(float(str(part).strip()) for part in parts)
@@ -157,8 +158,9 @@ class EvaluateConfig:
             raise ConfigError("strengths", f"must be one or more finite numbers >= 0, got {self.strengths!r}")
         if len(set(values)) != len(values):
             raise ConfigError("strengths", f"has repeated values: {self.strengths!r}")
-        if self.task == "sr" and values != (float(SR_SCALE),):
-            raise ConfigError("strengths", f"sr is evaluated at the fixed ×{SR_SCALE} downscale only; "
+        task = get_task(self.task)
+        if task.fixed_strengths and values != task.default_strengths:
+            raise ConfigError("strengths", f"{task.name} is evaluated at the fixed ×{task.scale} downscale only; "
                                            f"got {self.strengths!r}")
         return tuple(sorted(values))
 
@@ -253,7 +255,7 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
         model = resolve_model(config.model)
     except ModelRefError as err:
         raise ConfigError("model", str(err)) from err
-    expected_scale = SR_SCALE if config.task == "sr" else 1
+    expected_scale = get_task(config.task).scale
     if model.scale != expected_scale:
         raise ConfigError("task", f"{config.task} needs a ×{expected_scale} model; {config.model} is ×{model.scale} "
                                   f"(preset {model.preset}, task {model.task})")
@@ -403,7 +405,7 @@ def _finish(table, config, model, report, run_id, images, started,
     ok = sum(r["status"] == "ok" for r in fused_rows)
     context = {
         "run_id": run_id, "task": config.task, "data": config.data, "model": model.describe(),
-        "strength_label": STRENGTH_LABELS[config.task], "strengths": list(config.strengths),
+        "strength_label": get_task(config.task).strength_label, "strengths": list(config.strengths),
         "degradations": {f"{s:g}": json.loads(describe_degradation(config.task, s)) for s in config.strengths},
         "seed": config.seed, "crop": config.crop, "fit": config.fit, "metrics": metrics, "images": images,
         "ok": ok, "errors": len(fused_rows) - ok, "started_at": started_at.isoformat(),
@@ -421,7 +423,7 @@ def _finish(table, config, model, report, run_id, images, started,
     # Written before (and logged as an artifact of) the MLflow run, which finds it by its tag ugpnet.evaluate_run.
     record.pop("mlflow_run_id")
     storage.write_bytes(report.child("summary.json"), json.dumps(record, indent=2, default=str).encode())
-    print(evaluate_report.text_table(aggregate, metrics, STRENGTH_LABELS[config.task]), flush=True)
+    print(evaluate_report.text_table(aggregate, metrics, get_task(config.task).strength_label), flush=True)
     print(f"evaluate {run_id}: {ok} of {len(fused_rows)} image×strength evaluated ({summary.errors} errors) in "
           f"{duration:.1f} s; report {summary.report}", flush=True)
     return summary, context

@@ -11,8 +11,8 @@ import math
 from collections import defaultdict
 
 from pipelines.evaluate_stages import OUTPUTS, grid_key
+from ugpnet.metrics import PSNR_CAP_DB
 
-PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; means and plots cap it
 METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "hf_ratio": "HF energy ratio (1 = GT)",
                  "hf_distance": "|log2 HF ratio| ↓", "gmsd": "GMSD ↓", "lpips": "LPIPS ↓"}
 OUTPUT_COLOURS = {"input": "#888888", "restored": "#1f77b4", "synthesized": "#2ca02c", "fused": "#d62728"}

@@ -26,14 +26,12 @@ import pyarrow as pa
 from pipelines import storage
 from pipelines.error_kinds import error_text
 from pipelines.restore_stages import ERROR, OK, PENDING
-from ugpnet.degradations import BlurConfig, Degradation, NoiseConfig
+from ugpnet.images import quantize_levels, quantize_to_uint8
+from ugpnet.tasks import evaluation_degradation
 
-TASKS = ("denoise", "deblur", "sr")
 OUTPUTS = ("input", "restored", "synthesized", "fused")
 BASE_METRICS = ("psnr", "ssim", "hf_ratio", "hf_distance", "gmsd")
-SR_SCALE = 8          # the paper's (and the presets') only super-resolution factor
 MIN_SIDE = 16         # pixels: SSIM's 11×11 window and GMSD's 2× pool + 3×3 gradients need room
-BLUR_RADIUS_SIGMAS = 3  # Gaussian kernel half-width in σ: 2·ceil(3σ)+1, so σ 2 → 13 px (deblur_gaussian_sigma2)
 GRID_DIR = "grids"
 
 METRIC_SCHEMA = pa.schema([
@@ -60,22 +58,6 @@ METRIC_SCHEMA = pa.schema([
                                        # a baseline's row: that baseline's time
     ("grid_uri", pa.string()),         # LQ | restored | synthesized | fused | baselines | GT strip, for a few images
 ])
-
-
-def task_degradation(task: str, strength: float) -> Degradation:
-    """The degradation of `task` at `strength`. Strength 0 (denoise, deblur) degrades nothing but the
-    8-bit rounding, which makes a useful identity reference on the plots."""
-    if task == "denoise":
-        return Degradation(noise=NoiseConfig(sigma=(float(strength),) * 2)) if strength > 0 else Degradation()
-    if task == "deblur":
-        if strength <= 0:
-            return Degradation()
-        size = 2 * math.ceil(BLUR_RADIUS_SIGMAS * strength) + 1
-        return Degradation(blur=BlurConfig(kinds=("isotropic",), kernel_size=(size, size),
-                                           sigma=(float(strength),) * 2))
-    if task == "sr":
-        return Degradation(downscale=int(strength))
-    raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
 
 def seed_index(key: str) -> int:
@@ -147,7 +129,7 @@ def read_decode_degrade(batch: dict, settings: EvalSettings) -> dict:
             lq, record, row_error = empty, None, error
             if not row_error:
                 try:
-                    lq, record = degrade_recorded(torch.from_numpy(gt), task_degradation(settings.task, strength),
+                    lq, record = degrade_recorded(torch.from_numpy(gt), evaluation_degradation(settings.task, strength),
                                                   sample_seed(settings.seed, index))
                     lq = lq.numpy()
                 except Exception as err:
@@ -187,8 +169,8 @@ def run_baselines(names: tuple[str, ...], task: str, lq: np.ndarray, record, err
                 outputs.append(None)
         shape = next((o.shape for o in outputs if o is not None), None)
         if shape is not None:
-            # Rounded as ugpnet.metrics.to_uint8_levels rounds the model's outputs: all measured alike.
-            images = np.stack([np.round(o * 255).astype(np.uint8).transpose(2, 0, 1) if o is not None
+            # Rounded as the model's outputs are (quantize_levels, in EvaluateModel): all measured alike.
+            images = np.stack([quantize_to_uint8(o).transpose(2, 0, 1) if o is not None
                                else np.zeros((3, *shape[:2]), np.uint8) for o in outputs])
     return {"baseline_images": images, "baseline_errors": json.dumps(errors),
             "baseline_ms": np.asarray(times, np.float64)}
@@ -278,7 +260,6 @@ class EvaluateModel:
         from torch.nn import functional as F
 
         from ugpnet.inference import autocast
-        from ugpnet.metrics import to_uint8_levels
 
         # Copies: Ray hands read-only views of its object store, which torch must not write through.
         gt = torch.tensor(gt_array, device=self.device)[None]
@@ -293,7 +274,7 @@ class EvaluateModel:
                                                                      align_corners=False)
         images = {"lq": lq, "gt": gt, "input": shown_input, "restored": result.restored[None],
                   "synthesized": result.synthesized[None], "fused": result.fused[None]}
-        return {name: to_uint8_levels(image.float()) / 255 for name, image in images.items()}, model_ms
+        return {name: quantize_levels(image.float()) / 255 for name, image in images.items()}, model_ms
 
     def _baseline_results(self, batch: dict, i: int) -> tuple[dict[str, str], dict[str, float]]:
         """Each baseline's error (only those that failed) and milliseconds (only those that ran)."""
@@ -367,4 +348,4 @@ def image_metrics(image, gt, lpips=None) -> dict[str, float]:
 
 def describe_degradation(task: str, strength: float) -> str:
     """The degradation as JSON, for the summary and the report."""
-    return json.dumps(task_degradation(task, strength).to_dict())
+    return json.dumps(evaluation_degradation(task, strength).to_dict())

@@ -15,6 +15,7 @@ import yaml
 
 from ugpnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from ugpnet.presets import get_preset
+from ugpnet.tasks import get_task
 
 STAGES = ("restoration", "synthesis", "fusion")
 OUTPUTS = ("input", "restored", "synthesized", "fused")
@@ -63,7 +64,8 @@ def comparison_lines(summary: dict) -> str:
 def degradation_text(config: dict) -> str:
     if config.get("degradation"):
         return f"the named degradation `NAMED_DEGRADATIONS['{config['degradation']}']`"
-    return f"the task's default degradation `DEFAULT_DEGRADATIONS['{config['task']}']`"
+    return (f"the task's training degradation `NAMED_DEGRADATIONS['{get_task(config['task']).training_degradation}']`"
+            " (ugpnet.tasks)")
 
 
 def warm_start(stage: dict) -> str:
@@ -92,7 +94,8 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
     validation = "\n".join(
         f"| {stage} | " + " | ".join(f"{stages.get(stage, {}).get(f'val/{o}_psnr', float('nan')):.2f}"
                                      for o in OUTPUTS) + " |" for stage in STAGES)
-    card = f"""# Default model `default:{config['task']}` — {bundle_config['preset']['name']}
+    default_model = get_task(config["task"]).default_model
+    card = f"""# Default model `{default_model}` — {bundle_config['preset']['name']}
 
 Trained on a 2-core CPU machine (no GPU) by this project's own pipeline: `bash scripts/train_defaults.sh
 {config['task']}` (`ugpnet data prepare`, then `ugpnet train --config {config_path.as_posix()}`: Ray Train,
@@ -134,7 +137,7 @@ Validation PSNR (dB) at the end of each stage (held-out crops, training degradat
 
 ## Evaluation on the test split
 
-`ugpnet evaluate --model default:{config['task']} --data <prepared>/test --task {config['task']}
+`ugpnet evaluate --model {default_model} --data <prepared>/test --task {config['task']}
 {' '.join(f'--{k.replace("_", "-")} {v}' for k, v in summary['config'].items()
           if k in ('strengths', 'crop') and v not in (None, '', []))}` — means over {summary['images']} images:
 

@@ -8,10 +8,11 @@ from typing import Any
 from pipelines import common_options
 from pipelines.config_fields import ConfigError
 from pipelines.options import check_declared, load_config_file, option, parse_value
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS, Degradation
+from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation
 from ugpnet.images import PHOTO_EXTENSIONS
-from ugpnet.presets import PRESETS, TASKS, get_preset
+from ugpnet.presets import PRESETS, get_preset
 from ugpnet.stages import STAGES
+from ugpnet.tasks import TASKS, TRAINING_DEGRADATIONS
 from ugpnet.training.hyperparams import StageHyperparams, TrainHyperparams, check_hyperparams, default_hyperparams
 
 IMAGE_EXTENSIONS = PHOTO_EXTENSIONS  # what training reads from `data` (no GIF: see ugpnet.images)
@@ -175,7 +176,7 @@ def check_data_location(uri: str) -> None:
 
 def degradation_for(config: TrainConfig):
     return NAMED_DEGRADATIONS[config.degradation] if config.degradation else \
-        DEFAULT_DEGRADATIONS[config.resolved_task]
+        TRAINING_DEGRADATIONS[config.resolved_task]
 
 
 def apply_override(data: dict[str, Any], dotted_key: str, value: Any) -> None:

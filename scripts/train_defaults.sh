@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Trains the shipped default models with the project's own pipeline (Ray Train + MLflow), copies each
 # final bundle into ugpnet/defaults/<task>/, evaluates it on the fixed test split (`ugpnet evaluate`) and
-# writes its MODEL_CARD.md. Usage: bash scripts/train_defaults.sh [denoise deblur sr]
+# writes its MODEL_CARD.md. Usage: bash scripts/train_defaults.sh [TASK ...]
 # Work files (photos, checkpoints, MLflow sqlite database, reports) go to $UGPNET_DEFAULTS_WORK (default
 # ./.defaults-work); re-running resumes unfinished stages of the same run names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${UGPNET_DEFAULTS_WORK:-$PWD/.defaults-work}"
-TASKS=("${@:-denoise deblur sr}")
 [ -x .venv/bin/ugpnet ] || bash scripts/setup.sh
+TASKS=("$@")  # default: every task of ugpnet/tasks.py
+[ ${#TASKS[@]} -gt 0 ] || read -ra TASKS <<< "$(.venv/bin/python -c 'from ugpnet.tasks import TASKS; print(*TASKS)')"
 export RAY_DATA_DISABLE_PROGRESS_BARS=1
 mkdir -p "$WORK"
 [ -f "$WORK/photos/manifest.json" ] || \

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.evaluate_stages import task_degradation
 from ugpnet import baselines
 from ugpnet.degradations import DegradationRecord, degrade, degrade_recorded, gaussian_kernel, sample_seed
+from ugpnet.tasks import evaluation_degradation as task_degradation
 
 SIDE = 64
 

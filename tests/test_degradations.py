@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from ugpnet.degradations import (
-    DEFAULT_DEGRADATIONS,
     NAMED_DEGRADATIONS,
     BlurConfig,
     Degradation,
@@ -18,6 +17,7 @@ from ugpnet.degradations import (
     random_blur_kernel,
     sample_seed,
 )
+from ugpnet.tasks import TRAINING_DEGRADATIONS as DEFAULT_DEGRADATIONS
 
 
 def smooth_image(size=64, seed=0):

@@ -22,10 +22,11 @@ from PIL import Image
 import ugpnet
 from pipelines import cli
 from pipelines.evaluate import EvaluateConfig, run
-from pipelines.evaluate_stages import OUTPUTS, output_names, task_degradation
+from pipelines.evaluate_stages import OUTPUTS, output_names
 from pipelines.model_refs import resolve_model
 from ugpnet.baselines import baselines_for, run_baseline
 from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, DegradationRecord, degrade, sample_seed
+from ugpnet.tasks import evaluation_degradation as task_degradation
 
 pytest_plugins = ["services"]
 

@@ -14,9 +14,10 @@ from evaluate_samples import CROP, centre_crop_u8, numpy_psnr, write_photos
 from PIL import Image
 
 from pipelines.evaluate import EvaluateConfig, add_parsers, config_from_args
-from pipelines.evaluate_stages import output_names, task_degradation
+from pipelines.evaluate_stages import output_names
 from ugpnet.baselines import INSTALL_HINT, baselines_for, run_baseline
 from ugpnet.degradations import DegradationRecord, degrade, gaussian_kernel, sample_seed
+from ugpnet.tasks import evaluation_degradation as task_degradation
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 
 from pipelines.train_config import build_config, plan_run, validate
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, NAMED_DEGRADATIONS
+from ugpnet.degradations import NAMED_DEGRADATIONS
+from ugpnet.tasks import TRAINING_DEGRADATIONS as DEFAULT_DEGRADATIONS
 
 
 def config_in(tmp_path, **values):

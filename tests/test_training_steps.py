@@ -9,10 +9,11 @@ from perceptual_fixtures import write_perceptual_weights
 from safetensors.torch import save_file
 
 import ugpnet
-from ugpnet.degradations import DEFAULT_DEGRADATIONS, degrade, get_degradation, sample_seed
+from ugpnet.degradations import degrade, get_degradation, sample_seed
 from ugpnet.model import build_discriminator
 from ugpnet.stages import STAGE_MODULES
 from ugpnet.state_dicts import CheckpointMismatchError
+from ugpnet.tasks import TRAINING_DEGRADATIONS as DEFAULT_DEGRADATIONS
 from ugpnet.training import (
     MissingWeightsError,
     PerceptualWeights,

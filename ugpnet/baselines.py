@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ugpnet.degradations import DegradationRecord
+from ugpnet.images import quantize_to_uint8
 
 INSTALL_HINT = "pip install 'ugpnet[baselines]'"
 NLM_H_PER_SIGMA = 0.8       # OpenCV's h (and hColor) ÷ the estimated noise σ (0–255): best of 0.6–1.2 at σ 15–50
@@ -39,10 +40,6 @@ class MissingBaselineDependency(ImportError):
     pass
 
 
-def _u8(image: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
 # ---------------------------------------------------------------- denoise
 
 def nlm(lq: np.ndarray, record: DegradationRecord) -> np.ndarray:
@@ -51,7 +48,7 @@ def nlm(lq: np.ndarray, record: DegradationRecord) -> np.ndarray:
 
     sigma = float(estimate_sigma(lq, channel_axis=-1, average_sigmas=True)) * 255
     h = max(NLM_H_PER_SIGMA * sigma, 1e-3)
-    bgr = np.ascontiguousarray(_u8(lq)[..., ::-1])  # OpenCV's colour conversion expects BGR
+    bgr = np.ascontiguousarray(quantize_to_uint8(lq)[..., ::-1])  # OpenCV's colour conversion expects BGR
     return cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)[..., ::-1] / 255.0
 
 
@@ -101,7 +98,7 @@ def _pil_resize(lq: np.ndarray, record: DegradationRecord, resample: str) -> np.
 
     h, w = lq.shape[:2]
     size = (w * record.downscale, h * record.downscale)
-    return np.asarray(Image.fromarray(_u8(lq)).resize(size, getattr(Image.Resampling, resample))) / 255.0
+    return np.asarray(Image.fromarray(quantize_to_uint8(lq)).resize(size, getattr(Image.Resampling, resample))) / 255.0
 
 
 def bicubic(lq: np.ndarray, record: DegradationRecord) -> np.ndarray:

@@ -76,4 +76,3 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
     return model.to(device).eval()
 
 
-DEFAULT_TASK = "denoise"  # what the reference `default` without `:TASK` names (ugpnet.model_refs)

@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from ugpnet.images import quantize_levels
+
 BLUR_KINDS = ("isotropic", "anisotropic", "motion")
 
 
@@ -67,15 +69,12 @@ class Degradation:
                    jpeg=part(JpegConfig, data.pop("jpeg", None)), **data)
 
 
-DEFAULT_DEGRADATIONS: dict[str, Degradation] = {
+NAMED_DEGRADATIONS: dict[str, Degradation] = {
+    # The training degradations of the tasks (ugpnet.tasks names which is whose): random draws per sample.
     "denoise": Degradation(noise=NoiseConfig(sigma=(5.0, 50.0))),
     "deblur": Degradation(blur=BlurConfig()),
     "sr": Degradation(downscale=8),
-}
-
-# Fixed settings for evaluation tables; any Degradation can be used the same way.
-NAMED_DEGRADATIONS: dict[str, Degradation] = {
-    **DEFAULT_DEGRADATIONS,
+    # Fixed settings for evaluation tables; any Degradation can be used the same way.
     "denoise_sigma15": Degradation(noise=NoiseConfig(sigma=(15.0, 15.0))),
     "denoise_sigma25": Degradation(noise=NoiseConfig(sigma=(25.0, 25.0))),
     "denoise_sigma50": Degradation(noise=NoiseConfig(sigma=(50.0, 50.0))),
@@ -177,7 +176,7 @@ def add_poisson_noise(image: torch.Tensor, peak: float, rng: np.random.Generator
 
 
 def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
-    pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    pixels = quantize_levels(image).byte().permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality))
     decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
@@ -223,4 +222,4 @@ def degrade_recorded(gt: torch.Tensor, config: Degradation,
         drawn["jpeg_quality"] = int(rng.integers(config.jpeg.quality[0], config.jpeg.quality[1] + 1))
         lq = jpeg_round_trip(lq, drawn["jpeg_quality"])
     lq = lq.clamp(0, 1)
-    return ((lq * 255).round() / 255 if config.quantize else lq), DegradationRecord(**drawn)
+    return (quantize_levels(lq) / 255 if config.quantize else lq), DegradationRecord(**drawn)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ugpnet.images import quantize_to_uint8
+
 FIT_POLICIES = ("resize", "tile", "error")
 
 # Floor for blending weights: a Hann ramp reaches ~0 at its end, and a pixel whose weights summed to
@@ -335,8 +337,6 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:
-    """[0,1] tensor → 8-bit RGB PIL image, quantised as the official UGPNet writer does:
-    uint8(clip(x*255 + 0.5, 0, 255)), i.e. round half up, out-of-range values clipped."""
-    rgb = tensor_to_numpy(t)
-    quantised = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(quantised)  # (H,W,3) uint8 is RGB
+    """[0,1] tensor → 8-bit RGB PIL image, quantised as the official UGPNet writer does
+    (ugpnet.images.quantize_to_uint8: round half up, out-of-range values clipped)."""
+    return Image.fromarray(quantize_to_uint8(tensor_to_numpy(t)))  # (H,W,3) uint8 is RGB

@@ -222,15 +222,28 @@ def quantize_to_uint16(x: np.ndarray) -> np.ndarray:
 
 
 def _quantize(x: np.ndarray, dtype) -> np.ndarray:
-    top = np.iinfo(dtype).max
     values = np.asarray(x)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
     elif values.dtype.itemsize < 4:
         values = values.astype(np.float32)
-    scaled = values * values.dtype.type(top) + values.dtype.type(0.5)
-    scaled = np.nan_to_num(scaled, nan=0.0)  # a NaN cast to an integer is undefined
-    return np.clip(scaled, 0, top).astype(dtype)
+    values = np.where(np.isnan(values), values.dtype.type(0), values)  # a NaN cast to an integer is undefined
+    return quantize_levels(values, np.iinfo(dtype).max).astype(dtype)
+
+
+def quantize_levels(x, top: int = 255):
+    """The project's one rounding rule from [0, 1] floats to integer levels 0…`top` (255: 8 bits), the
+    official UGPNet writer's: floor(clip(x*top + 0.5, 0, top)). Halves round up (np.round and
+    torch.round round them to even); values outside [0, 1] clip.
+
+    `x` is a numpy array or a torch tensor (this module imports no torch); the levels come back as
+    floats of the same kind and precision, NaN staying NaN. Files written, degraded inputs, baselines'
+    outputs and the metrics all round through here, so a PSNR measured in memory is the PSNR of the
+    files. The official validation is documented only as "PSNR on uint8-rounded images" (reference §5)
+    and no conformance fixture depends on how halves round, so the writer's rule serves the metrics too.
+    """
+    scaled = (x * top + 0.5).clip(0, top)
+    return np.floor(scaled) if isinstance(scaled, np.ndarray | np.generic) else scaled.floor()
 
 
 def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ugpnet.images import quantize_levels
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_CANDIDATES = (1, 2, 4, 8, 16)
@@ -130,8 +132,8 @@ def eight_bit_distance(reference: torch.Tensor, candidate: torch.Tensor) -> dict
     """How far `candidate` is from `reference` once both are written as 8-bit images (what a user
     gets): relative L2 of the 0–255 levels, the largest difference in levels, and the share of values
     more than 2 levels apart (the largest difference alone is one pixel's story)."""
-    ref = (reference.float().clamp(0, 1) * 255).round().double()
-    got = (candidate.float().clamp(0, 1) * 255).round().double()
+    ref = quantize_levels(reference.float()).double()
+    got = quantize_levels(candidate.float()).double()
     difference = (got - ref).abs()
     return {"relative_l2": float((got - ref).norm() / ref.norm().clamp_min(1e-12)),
             "max_abs_levels": float(difference.max()),

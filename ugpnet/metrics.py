@@ -10,12 +10,12 @@ and `gmsd` (gradient magnitude similarity deviation, Xue et al. 2014; 0 ideal).
 import torch
 from torch.nn import functional as F
 
+from ugpnet.images import quantize_levels
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
-
-
-def to_uint8_levels(images: torch.Tensor) -> torch.Tensor:
-    """[0,1] floats → the 0–255 integer levels an 8-bit image file would hold (as float)."""
-    return (images.clamp(0, 1) * 255).round()
+# dB: identical images have infinite PSNR; means (training validation, evaluation tables) and plots
+# count them as this much, so that one perfect image does not make a mean infinite.
+PSNR_CAP_DB = 100.0
 
 
 def psnr(output: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -25,8 +25,9 @@ def psnr(output: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) ->
 
 
 def psnr_uint8(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB on uint8-rounded images, as the official validation (identical images give inf)."""
-    return psnr(to_uint8_levels(output), to_uint8_levels(target), data_range=255.0)
+    """PSNR in dB on uint8-rounded images, as the official validation (identical images give inf).
+    The levels are those an 8-bit file written by ugpnet.images would hold."""
+    return psnr(quantize_levels(output), quantize_levels(target), data_range=255.0)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from ugpnet.catalog import build
-from ugpnet.checkpoint import CONFIG_FILE, DEFAULT_TASK, WEIGHTS_FILE, load_bundle, save
+from ugpnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_bundle, save
 from ugpnet.model import UGPNet
 from ugpnet.presets import get_preset
+from ugpnet.tasks import DEFAULT_TASK
 
 REF_RESOLVERS_GROUP = "ugpnet.model_refs"
 DEFAULT_SCHEME = "default"

@@ -11,8 +11,6 @@ from typing import Any
 
 from ugpnet.backbones import get_backbone
 
-TASKS = ("denoise", "deblur", "sr")
-
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -35,7 +33,7 @@ class DiscriminatorConfig:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    task: str                                  # one of TASKS
+    task: str                                  # a name in ugpnet.tasks.TASKS
     backbone: str                              # key of ugpnet.backbones.BACKBONES
     backbone_kwargs: dict[str, Any]
     generator: GeneratorConfig = GeneratorConfig()

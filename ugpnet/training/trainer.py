@@ -29,7 +29,7 @@ from ugpnet.losses import (
     lazy_r1_weight,
     r1_penalty,
 )
-from ugpnet.metrics import psnr_uint8, ssim
+from ugpnet.metrics import PSNR_CAP_DB, psnr_uint8, ssim
 from ugpnet.model import UGPNet, build_discriminator
 from ugpnet.stages import STAGE_MODULES, prepare_for_stage
 from ugpnet.training.hyperparams import (
@@ -207,7 +207,7 @@ class StageTrainer:
 
     @torch.no_grad()
     def validate(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-        """Batch means of uint8 PSNR (dB; identical images count as 100) and SSIM of each output, and
+        """Batch means of uint8 PSNR (dB; identical images count as PSNR_CAP_DB) and SSIM of each output, and
         the PSNR of the input itself (bicubically resized to GT size for SR) as the baseline;
         `count` = batch size, to weight the means when averaging over batches."""
         self._check_batch(lq, gt)
@@ -219,11 +219,11 @@ class StageTrainer:
             self.trained_module.train()
         metrics = {}
         for name, image in zip(OUTPUTS, outputs, strict=True):
-            metrics[f"{name}_psnr"] = psnr_uint8(image, gt).clamp(max=100).mean()
+            metrics[f"{name}_psnr"] = psnr_uint8(image, gt).clamp(max=PSNR_CAP_DB).mean()
             metrics[f"{name}_ssim"] = ssim(image.clamp(0, 1), gt).mean()
         baseline = lq if lq.shape == gt.shape else nn.functional.interpolate(
             lq, size=gt.shape[-2:], mode="bicubic", align_corners=False)
-        metrics["input_psnr"] = psnr_uint8(baseline, gt).clamp(max=100).mean()
+        metrics["input_psnr"] = psnr_uint8(baseline, gt).clamp(max=PSNR_CAP_DB).mean()
         return {k: float(v) for k, v in metrics.items()} | {"count": float(lq.shape[0])}
 
     # --- resuming ------------------------------------------------------------------------------
