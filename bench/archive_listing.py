@@ -4,8 +4,8 @@ on disk.
 
 Side by side, each in a fresh process (so peak RSS is its own):
 - streamed: what `ugpnet archive` does — a key-ordered listing generator merged with the state file
-  read a row group at a time, unchanged rows streamed to the carry file (pipelines.archive_listing.diff,
-  pipelines.archive_state.RowSink);
+  read a row group at a time, unchanged rows streamed to the carry file (pipelines.archive.listing.diff,
+  pipelines.archive.state.RowSink);
 - in-memory: the obvious alternative — the whole state in a dict, the whole listing in a list.
 
     python bench/archive_listing.py                      # N = 100,000 and 1,000,000
@@ -33,7 +33,7 @@ def key(i: int) -> str:
 
 
 def listing(n: int):
-    from pipelines.archive_listing import Entry
+    from pipelines.archive.listing import Entry
 
     for i in range(n):
         yield Entry(key(i), 50_000 + i % 977, f"etag-{i:x}{'-v2' if i % 100 == 0 else ''}", 1_700_000_000 + i)
@@ -56,7 +56,7 @@ def state_rows(n: int):
 
 
 def write_state(n: int, path: str) -> int:
-    from pipelines.archive_state import STATE_SCHEMA, RowSink
+    from pipelines.archive.state import STATE_SCHEMA, RowSink
 
     sink = RowSink(path, STATE_SCHEMA)
     for row in state_rows(n):
@@ -76,8 +76,8 @@ def measure(method: str, n: int, state_path: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.archive_listing import CHANGED, DELETED, NEW, UNCHANGED, diff, is_changed
-    from pipelines.archive_state import STATE_SCHEMA, RowSink, read_rows
+    from pipelines.archive.listing import CHANGED, DELETED, NEW, UNCHANGED, diff, is_changed
+    from pipelines.archive.state import STATE_SCHEMA, RowSink, read_rows
 
     before = rss_kib("VmRSS")
     started = time.perf_counter()

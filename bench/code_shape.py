@@ -5,9 +5,9 @@ runs the same on a clean clone.
     python bench/code_shape.py                      # BEFORE (the commit #12 was filed against) vs HEAD
     python bench/code_shape.py --before REV --after REV
 
-Options: "declared once" counts dataclass fields whose value is a pipelines.options declaration
+Options: "declared once" counts dataclass fields whose value is a pipelines.common.options declaration
 (`option(...)` or a `common.xxx()` helper that returns one); "flags by hand" counts `add_argument` calls
-outside pipelines/options.py, each of which today repeats a default or a help text somewhere else.
+outside pipelines/common/options.py, each of which today repeats a default or a help text somewhere else.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def function_lengths(tree: ast.AST) -> list[int]:
 
 
 def is_declaration(value: ast.AST) -> bool:
-    """`option(...)`, `options.option(...)` or `common.model()`-style helpers (pipelines.common_options)."""
+    """`option(...)`, `options.option(...)` or `common.model()`-style helpers (pipelines.common.shared_options)."""
     if not isinstance(value, ast.Call):
         return False
     func = value.func

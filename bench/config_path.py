@@ -6,14 +6,14 @@ Runs the driver side of `ugpnet train` for real: `build_config` as `train.run_cl
 neither Ray nor the workers run here, so `build_catalogue`, `ray.put` and the TorchTrainer are left out,
 and they receive no config object). MLflow runs on a throwaway SQLite file, storage is a temp folder.
 `driver_side` follows `run`, `run_stage` and `_fit_stage` call by call without being them, so those
-three (all in pipelines/train.py) are not stops here: counting them adds one visit of train.py (`run`
+three (all in pipelines/train/run.py) are not stops here: counting them adds one visit of train.py (`run`
 itself, before validation). The workers' side (train_loop.train_stage_loop) is not traced.
 
 Under `sys.setprofile` it records every call of a function in ugpnet/ or pipelines/ that receives, as
 an argument (`self` included, or inside a list, tuple or dict argument), a TrainConfig, an object that
 config holds (its TrainHyperparams, their per-stage StageHyperparams, the PerceptualWeights paths; by
 identity, so the preset's default hyperparameters that build_config starts from do not count), or a
-plan derived from it (pipelines.train_config.RunPlan, where that exists). It prints the (file,
+plan derived from it (pipelines.train.config.RunPlan, where that exists). It prints the (file,
 function) sequence and the figures, for the whole path and from `train.run` on: stops, files, returns
 to a file already left, and the most visits of one file (a visit: consecutive stops in one file).
 
@@ -33,7 +33,7 @@ TRACED_ROOTS = tuple(str(REPO / package) + "/" for package in ("ugpnet", "pipeli
 
 def config_types() -> tuple[type, ...]:
     """TrainConfig, and the plan derived from it where the code has one."""
-    from pipelines import train_config
+    from pipelines.train import config as train_config
 
     return tuple(getattr(train_config, name) for name in ("TrainConfig", "RunPlan") if hasattr(train_config, name))
 
@@ -106,9 +106,10 @@ def driver_side(config) -> None:
     """What `train.run(config)` does with the config on the driver, in its order, up to `trainer.fit`."""
     import mlflow
 
-    from pipelines import storage, train
-    from pipelines.tracking import tracking_uri
-    from pipelines.train_config import plan_run, validate
+    from pipelines.common import storage
+    from pipelines.common.tracking import tracking_uri
+    from pipelines.train import run as train
+    from pipelines.train.config import plan_run, validate
 
     validate(config)
     plan = plan_run(config)
@@ -130,8 +131,8 @@ def driver_side(config) -> None:
 
 def tiny_config(preset: str, folder: Path):
     """The config `ugpnet train --preset <preset> --data … --steps 2,2,2 --batch-size 1` builds."""
-    from pipelines.samples import write_sample_photos
-    from pipelines.train_config import build_config
+    from pipelines.data.samples import write_sample_photos
+    from pipelines.train.config import build_config
 
     data = folder / "photos"
     write_sample_photos(data, with_skimage=False)

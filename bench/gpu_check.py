@@ -130,7 +130,7 @@ def write_inputs(size: int, folder: Path, count: int, seed: int = 2) -> None:
 
 def pipeline_images_per_s(bundle: Path, inputs: Path, work: Path, stages: str, batch: int, gpus: float,
                           cpus_per_actor: float) -> dict:
-    from pipelines.restore import RestoreConfig, run
+    from pipelines.restore.run import RestoreConfig, run
 
     pools = 1 if stages == "fused" else 3
     # Split mode puts its three pools on fractions of the one GPU (Ray counts GPUs to 1e-4).

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 import ugpnet
-from pipelines.restore import RestoreConfig, run
+from pipelines.restore.run import RestoreConfig, run
 from ugpnet.images import decode_image, encode_image
 
 
@@ -306,8 +306,8 @@ def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str,
     From the image's plan: the shapes are fixed by it
     (restore_memory.shipped_bytes, held to the real stages' arrays by tests/test_restore_memory_units.py);
     running split mode in one process on 12 Mpx would hold several GiB of features at once."""
-    from pipelines import restore_memory
-    from pipelines.restore_stages import tile_dtype
+    from pipelines.restore import memory as restore_memory
+    from pipelines.restore.stages import tile_dtype
     from ugpnet.fitting import plan_fit
 
     model = ugpnet.load(bundle)

@@ -36,8 +36,8 @@ def plain_loop_stage(preset: str, uris: list[str], steps: int, batch: int, threa
     """One stage of a fresh model (as a Ray run of that stage alone starts from the initial bundle),
     timed by the same ThroughputClock as the Ray workers."""
     import ugpnet
-    from pipelines.train_data import make_train_sample
-    from pipelines.train_loop import ThroughputClock
+    from pipelines.train.data import make_train_sample
+    from pipelines.train.loop import ThroughputClock
     from ugpnet.tasks import TRAINING_DEGRADATIONS
     from ugpnet.training.hyperparams import default_hyperparams
     from ugpnet.training.trainer import StageTrainer
@@ -62,8 +62,8 @@ def plain_loop_stage(preset: str, uris: list[str], steps: int, batch: int, threa
 def ray_train_stages(preset: str, data: Path, steps: int, batch: int, workers: int, cpus: float,
                      storage: Path, stages: tuple[str, ...]) -> tuple[dict, float]:
     """{stage: the workers' steady-state metrics} of one `ugpnet train` run, and its wall time."""
-    from pipelines.train import run
-    from pipelines.train_config import build_config
+    from pipelines.train.config import build_config
+    from pipelines.train.run import run
 
     overrides = [f"hyperparams.{s}.{f}={steps + 1}" for s in STAGES for f in ("checkpoint_interval",
                                                                                  "validation_interval")]
@@ -132,7 +132,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.samples import write_sample_photos
+    from pipelines.data.samples import write_sample_photos
 
     work = Path(tempfile.mkdtemp(prefix="ugpnet-train-bench-"))
     photos = work / "photos"

@@ -9,8 +9,16 @@ import logging
 import sys
 import traceback
 
-from pipelines import archive, data_prepare, demo, evaluate, logs, model_commands, registry_commands, restore, train
-from pipelines.redaction import redact
+from pipelines import demo
+from pipelines import models_cli as model_commands
+from pipelines.archive import run as archive
+from pipelines.common import logs
+from pipelines.common.redaction import redact
+from pipelines.data import prepare as data_prepare
+from pipelines.evaluate import run as evaluate
+from pipelines.registry import run as registry_commands
+from pipelines.restore import run as restore
+from pipelines.train import run as train
 
 VERB_MODULES = [model_commands, registry_commands, restore, archive, train, evaluate, demo, data_prepare]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import common_options, options
-from pipelines.options import option
+from pipelines.common import options
+from pipelines.common import shared_options as common_options
+from pipelines.common.options import option
 from ugpnet.tasks import DEFAULT_TASK, TASK_SPECS, TASKS, get_task
 
 DEMO_MAX_SIDE = 512
@@ -34,8 +35,8 @@ def add_parsers(sub) -> None:
 def demo_photos(max_side: int = DEMO_MAX_SIDE):
     """The installed-package photos that fall in the fixed test split of `ugpnet data prepare`
     (so the shipped defaults never trained on them), reduced to `max_side`."""
-    from pipelines.data_prepare import TEST_FRACTION, VAL_FRACTION, reduce, split_of
-    from pipelines.photo_sources import installed_photos
+    from pipelines.data.photo_sources import installed_photos
+    from pipelines.data.prepare import TEST_FRACTION, VAL_FRACTION, reduce, split_of
 
     return [(photo.name.replace("/", "_"), reduce(photo.image, max_side)) for photo in installed_photos()
             if split_of(photo.name, VAL_FRACTION, TEST_FRACTION) == "test"]
@@ -124,7 +125,7 @@ def write_figure(out: Path, stem: str, crop: int = 224) -> Path:
 
 
 def run_cli(args: DemoConfig) -> int:
-    from pipelines.restore import RestoreConfig, run
+    from pipelines.restore.run import RestoreConfig, run
 
     out = Path(args.out).resolve()
     names = prepare_inputs(out, args.task)

@@ -27,7 +27,7 @@ for task in ${TASKS[*]}; do
   # 256 px centre crops keep the CPU evaluation to minutes; the strengths are the task's defaults.
   .venv/bin/ugpnet evaluate --model "ugpnet/defaults/$task" --data "$WORK/photos/test" --task "$task" \
     --crop 256 --report "$WORK/eval/$task" 2>&1 | tee "$WORK/eval-$task.log" | grep -v "INFO\|WARN\|DEBUG" | tail -20
-  .venv/bin/python -m pipelines.model_card --bundle "ugpnet/defaults/$task" \
+  .venv/bin/python -m pipelines.registry.model_card --bundle "ugpnet/defaults/$task" \
     --config "infra/configs/defaults/$task.yaml" --data-manifest "$WORK/photos/manifest.json" \
     --tracking-uri "sqlite:///$WORK/mlflow.db" --evaluation "$WORK/eval/$task/summary.json"
 done

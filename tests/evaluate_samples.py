@@ -13,7 +13,7 @@ CROP = 64  # the tiny presets' native size: one tile per image keeps the model s
 def write_photos(folder: Path) -> Path:
     """scikit-learn's two photos and matplotlib's Grace Hopper into `folder`, without the sources file
     (evaluate would take it for an input)."""
-    from pipelines.samples import write_sample_photos
+    from pipelines.data.samples import write_sample_photos
 
     write_sample_photos(folder, with_skimage=False)
     (folder / "SOURCES.json").unlink()

@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from restore_samples import photo
 
-from pipelines import cli, storage
-from pipelines.done_markers import DONE_DIR, output_settings, parse_marker
-from pipelines.restore_inputs import ManifestPolicy, list_inputs, plan_rows
+from pipelines import cli
+from pipelines.common import storage
+from pipelines.restore.done_markers import DONE_DIR, output_settings, parse_marker
+from pipelines.restore.inputs import ManifestPolicy, list_inputs, plan_rows
 
 pytest_plugins = ["services"]
 
@@ -34,14 +35,14 @@ MODEL = "preset:tiny_denoise"
 @pytest.fixture
 def no_ray(monkeypatch):
     """Every case of the first sections must be decided before any Ray work."""
-    import pipelines.evaluate
-    import pipelines.restore
+    import pipelines.evaluate.run
+    import pipelines.restore.run
 
     def forbidden():
         raise AssertionError("this case must be decided before Ray is started")
 
-    monkeypatch.setattr(pipelines.restore, "ensure_ray", forbidden)
-    monkeypatch.setattr(pipelines.evaluate, "_execute", lambda *a, **k: forbidden())
+    monkeypatch.setattr(pipelines.restore.run, "ensure_ray", forbidden)
+    monkeypatch.setattr(pipelines.evaluate.run, "_execute", lambda *a, **k: forbidden())
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -395,7 +396,7 @@ def test_a_manifest_output_key_that_would_need_rewriting_is_one_error_row(key, e
 
 def test_the_archive_listing_reports_a_name_that_is_not_utf8_and_goes_on(tmp_path, capsys):
     """Its key could not be stored in the state (parquet strings are UTF-8): said, skipped, never fatal."""
-    from pipelines.archive_listing import list_source
+    from pipelines.archive.listing import list_source
 
     write(Path(os.fsdecode(os.fsencode(tmp_path) + b"/src/a\xff.png")), b"png")
     write(tmp_path / "src" / "b.png", b"png")
@@ -574,9 +575,9 @@ def test_the_archive_never_takes_over_another_inputs_output(tmp_path, ray_sessio
     """Archive run 1 restores a.png; a.jpg appears. Run 2 plans a.jpg alone: it must neither delete
     a.png's marker nor overwrite a.png's output; a.jpg is committed as a collision error naming both,
     a.png stays ok, and the next run has nothing to redo."""
-    from pipelines.archive import ArchiveConfig
-    from pipelines.archive import run as archive_run
-    from pipelines.archive_state import StateStore
+    from pipelines.archive.run import ArchiveConfig
+    from pipelines.archive.run import run as archive_run
+    from pipelines.archive.state import StateStore
 
     source, dest = tmp_path / "src", tmp_path / "dest"
     source.mkdir()

@@ -24,11 +24,12 @@ from services import (
     wait_for,
 )
 
-from pipelines import cli, storage
-from pipelines.archive import CRASH_ENV, CRASH_EXIT, EXIT_LEASE_HELD, ArchiveConfig, run
-from pipelines.archive_lease import STORE_CLOCK_SLACK_S, Lease, LeaseLost
-from pipelines.archive_listing import CHANGED, DELETED, NEW, UNCHANGED, Entry, diff, list_source
-from pipelines.archive_state import StateStore
+from pipelines import cli
+from pipelines.archive.lease import STORE_CLOCK_SLACK_S, Lease, LeaseLost
+from pipelines.archive.listing import CHANGED, DELETED, NEW, UNCHANGED, Entry, diff, list_source
+from pipelines.archive.run import CRASH_ENV, CRASH_EXIT, EXIT_LEASE_HELD, ArchiveConfig, run
+from pipelines.archive.state import StateStore
+from pipelines.common import storage
 
 pytest_plugins = ["services"]
 

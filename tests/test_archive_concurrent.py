@@ -16,7 +16,7 @@ from restore_samples import photo
 from services import CREDENTIALS, VENV_BIN, RayHead, wait_for
 from test_archive import DEST, MODEL, SOURCE, STATE, check_history_agrees, objects, outputs, restore_rows, state_store
 
-from pipelines.archive import BARRIER_ENV, EXIT_LEASE_HELD
+from pipelines.archive.run import BARRIER_ENV, EXIT_LEASE_HELD
 
 pytest_plugins = ["services"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import cli, restore
+from pipelines import cli
+from pipelines.restore import run as restore
 
 pytest_plugins = ["services"]
 

@@ -12,9 +12,10 @@ import time
 import pytest
 from services import REGION, wait_for
 
-from pipelines import cli, storage
-from pipelines.archive_lease import STORE_CLOCK_SLACK_S, Lease, LeaseHeld, LeaseLost
-from pipelines.archive_state import CommitConflict, StateStore
+from pipelines import cli
+from pipelines.archive.lease import STORE_CLOCK_SLACK_S, Lease, LeaseHeld, LeaseLost
+from pipelines.archive.state import CommitConflict, StateStore
+from pipelines.common import storage
 
 pytest_plugins = ["services"]
 

@@ -8,10 +8,10 @@ import pytest
 from restore_samples import photo
 from services import wait_for
 
-from pipelines import storage
-from pipelines.archive import ArchiveConfig, run
-from pipelines.archive_lease import LeaseLost
-from pipelines.archive_state import StateStore
+from pipelines.archive.lease import LeaseLost
+from pipelines.archive.run import ArchiveConfig, run
+from pipelines.archive.state import StateStore
+from pipelines.common import storage
 
 pytest_plugins = ["services"]
 

@@ -4,9 +4,9 @@ a training stage used to download its start bundle six times and keep every copy
 import pytest
 
 import ugpnet
-from pipelines import storage
-from pipelines.bundle_store import fetched_bundle, upload_directory
-from pipelines.model_refs import bundle_payload
+from pipelines.common import storage
+from pipelines.common.bundle_store import fetched_bundle, upload_directory
+from pipelines.common.models import bundle_payload
 
 pytest_plugins = ["services"]
 

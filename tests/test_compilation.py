@@ -30,7 +30,7 @@ def test_compiled_model_matches_the_reference_and_fills_the_cache(tmp_path, monk
 
 
 def test_one_entry_point_compiles_a_ugpnet_module_by_module_and_any_other_module_whole():
-    # The bench and the model actors (pipelines/model_runtime.py) both call compile_model: a whole
+    # The bench and the model actors (pipelines/restore/model_runtime.py) both call compile_model: a whole
     # UGPNet compiles its three modules (split mode runs compiled too), an actor's single module
     # compiles itself. Compilation is lazy, so nothing is compiled here.
     model = ugpnet.build("tiny_denoise", seed=0)

@@ -5,8 +5,8 @@ import json
 from PIL import Image
 
 from pipelines.cli import main as cli_main
-from pipelines.data_prepare import SPLITS, split_of
-from pipelines.photo_sources import debian_licences
+from pipelines.data.photo_sources import debian_licences
+from pipelines.data.prepare import SPLITS, split_of
 
 
 def test_prepare_writes_splits_and_a_manifest_with_provenance(tmp_path, capsys):

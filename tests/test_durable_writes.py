@@ -35,7 +35,7 @@ def traced(tmp_path, command: list[str], env: dict | None = None) -> list[tuple[
 
 def test_write_bytes_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path):
     target = tmp_path / "state" / "HEAD.json"
-    code = ("from pipelines import storage; "
+    code = ("from pipelines.common import storage; "
             f"storage.write_bytes(storage.resolve({str(target)!r}), b'{{\"version\": 7}}')")
     calls = traced(tmp_path, [sys.executable, "-c", code])
     renames = [i for i, (name, args, _) in enumerate(calls) if name.startswith("rename") and str(target) in args]
@@ -55,7 +55,7 @@ def test_a_state_file_is_on_disk_before_head_can_point_at_it(tmp_path):
     the copies must be flushed first, or HEAD.json can survive a power cut that its state file did not."""
     source, root = tmp_path / "state.parquet", tmp_path / "state"
     source.write_bytes(b"PAR1 pretend parquet PAR1")
-    code = ("from pipelines import storage; from pipelines.archive_state import StateStore; "
+    code = ("from pipelines.common import storage; from pipelines.archive.state import StateStore; "
             f"StateStore(storage.resolve({str(root)!r})).upload({str(source)!r}, 'versions/0000000001-r.parquet')")
     calls = traced(tmp_path, [sys.executable, "-c", code])
     target = root / "versions" / "0000000001-r.parquet"

@@ -10,11 +10,12 @@ import pyarrow.dataset as pads
 import pytest
 from restore_samples import photo
 
-from pipelines import cli, storage
-from pipelines.archive import ArchiveConfig
-from pipelines.archive import run as archive_run
-from pipelines.archive_state import StateStore
-from pipelines.error_kinds import (
+from pipelines import cli
+from pipelines.archive.run import ArchiveConfig
+from pipelines.archive.run import run as archive_run
+from pipelines.archive.state import StateStore
+from pipelines.common import storage
+from pipelines.common.error_kinds import (
     ACCESS_DENIED,
     MISSING,
     NETWORK,

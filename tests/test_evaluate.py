@@ -21,9 +21,9 @@ from PIL import Image
 
 import ugpnet
 from pipelines import cli
-from pipelines.evaluate import EvaluateConfig, run
-from pipelines.evaluate_stages import OUTPUTS, output_names
-from pipelines.model_refs import resolve_model
+from pipelines.common.models import resolve_model
+from pipelines.evaluate.run import EvaluateConfig, run
+from pipelines.evaluate.stages import OUTPUTS, output_names
 from ugpnet.baselines import baselines_for, run_baseline
 from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, DegradationRecord, degrade, sample_seed
 from ugpnet.tasks import evaluation_degradation as task_degradation
@@ -115,9 +115,9 @@ def test_stages_in_process_deblur_identity_blur_and_model_errors(photos, tmp_pat
     model; a fit the model refuses turns that image's rows into `model:` error rows."""
     from dataclasses import replace
 
-    from pipelines import storage
-    from pipelines.evaluate_stages import EvalSettings, EvaluateModel, read_decode_degrade, seed_index
-    from pipelines.model_refs import load_payload
+    from pipelines.common import storage
+    from pipelines.common.models import load_payload
+    from pipelines.evaluate.stages import EvalSettings, EvaluateModel, read_decode_degrade, seed_index
 
     model = resolve_model("preset:tiny_deblur")
     settings = EvalSettings(run_id="t", task="deblur", strengths=(0.0, 2.0), seed=7, crop=CROP, scale=1, fit="tile",

@@ -13,8 +13,8 @@ import torch
 from evaluate_samples import CROP, centre_crop_u8, numpy_psnr, write_photos
 from PIL import Image
 
-from pipelines.evaluate import EvaluateConfig, add_parsers, config_from_args
-from pipelines.evaluate_stages import output_names
+from pipelines.evaluate.run import EvaluateConfig, add_parsers, config_from_args
+from pipelines.evaluate.stages import output_names
 from ugpnet.baselines import INSTALL_HINT, baselines_for, run_baseline
 from ugpnet.degradations import DegradationRecord, degrade, gaussian_kernel, sample_seed
 from ugpnet.tasks import evaluation_degradation as task_degradation
@@ -44,8 +44,8 @@ def parse(argv: list[str]) -> EvaluateConfig:
 
 def _stage_settings(model, task: str, strength: float, baselines: tuple[str, ...], tmp_path):
     """What the driver hands the evaluate stages, for one strength on CROP-sized tiles, no LPIPS."""
-    from pipelines import storage
-    from pipelines.evaluate_stages import EvalSettings
+    from pipelines.common import storage
+    from pipelines.evaluate.stages import EvalSettings
 
     return EvalSettings(run_id="t", task=task, strengths=(strength,), seed=7, crop=CROP, scale=1, fit="tile",
                         batch_size=4, max_pixels=10**8, with_lpips=False, vgg16=None, lpips_heads=None,
@@ -57,8 +57,8 @@ def _stage_settings(model, task: str, strength: float, baselines: tuple[str, ...
 def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp_path):
     """The two stages called directly (no Ray): deblur σ 2 with unsharp masking and Wiener. Each
     baseline row's PSNR equals the baseline recomputed here on the degraded input built here."""
-    from pipelines.evaluate_stages import EvaluateModel, read_decode_degrade, seed_index
-    from pipelines.model_refs import load_payload, resolve_model
+    from pipelines.common.models import load_payload, resolve_model
+    from pipelines.evaluate.stages import EvaluateModel, read_decode_degrade, seed_index
 
     model = resolve_model("preset:tiny_deblur")
     names = tuple(b.name for b in baselines_for("deblur"))
@@ -89,8 +89,8 @@ def test_stages_in_process_deblur_baselines_measure_the_models_input(photos, tmp
 def test_a_baseline_failing_on_a_worker_costs_only_its_own_rows(photos, tmp_path, monkeypatch):
     """A node where OpenCV does not import (really: `import cv2` fails): the NLM rows are error rows
     naming the extra, the wavelet and model rows are measured, the grid shows a grey NLM panel."""
-    from pipelines.evaluate_stages import EvaluateModel, read_decode_degrade
-    from pipelines.model_refs import load_payload, resolve_model
+    from pipelines.common.models import load_payload, resolve_model
+    from pipelines.evaluate.stages import EvaluateModel, read_decode_degrade
 
     model = resolve_model("preset:tiny_denoise")
     names = ("opencv nlm", "wavelet BayesShrink")

@@ -52,7 +52,7 @@ def promote(capsys, requirement: str) -> tuple[int, str]:
 
 
 def test_summary_metric_names_per_strength_and_mean_over_strengths():
-    from pipelines.evaluate_tracking import summary_metrics
+    from pipelines.evaluate.tracking import summary_metrics
 
     table = [{"strength": 15.0, "output": "fused", "psnr": 30.0, "ssim": 0.9},
              {"strength": 25.0, "output": "fused", "psnr": 26.0, "ssim": None},  # no ok image: no value
@@ -67,7 +67,7 @@ def test_summary_metric_names_per_strength_and_mean_over_strengths():
 @pytest.mark.timeout(300)
 @pytest.mark.usefixtures("ray_session")
 def test_evaluation_is_linked_to_the_version_and_gates_its_promotion(registered_version, tmp_path, capsys):
-    from pipelines.registry import logged_model_id
+    from pipelines.registry.store import logged_model_id
 
     client = mlflow.MlflowClient()
     training_run = registered_version.run_id

@@ -474,8 +474,8 @@ def test_resize_alpha_keeps_range_and_flat_values():
 
 
 def test_the_pipelines_take_the_endings_the_decoder_reads():
-    from pipelines.common_options import DEFAULT_EXTENSIONS
-    from pipelines.train_config import IMAGE_EXTENSIONS
+    from pipelines.common.shared_options import DEFAULT_EXTENSIONS
+    from pipelines.train.config import IMAGE_EXTENSIONS
     from ugpnet.images import PHOTO_EXTENSIONS, READABLE_EXTENSIONS
 
     assert DEFAULT_EXTENSIONS == READABLE_EXTENSIONS

@@ -1,15 +1,15 @@
 """How the model runs on a device: precision, copies, the batch policy and the compile decision
-(ugpnet.inference, ugpnet.compiled) and their use in the model actor (pipelines.model_runtime)."""
+(ugpnet.inference, ugpnet.compiled) and their use in the model actor (pipelines.restore.model_runtime)."""
 
 import numpy as np
 import pytest
 import torch
 
 import ugpnet
-from pipelines.model_refs import load_payload, resolve_model
-from pipelines.model_runtime import ExecutionSettings
-from pipelines.restore import ConfigError, RestoreConfig
-from pipelines.restore_stages import PENDING, ModelStage
+from pipelines.common.models import load_payload, resolve_model
+from pipelines.restore.model_runtime import ExecutionSettings
+from pipelines.restore.run import ConfigError, RestoreConfig
+from pipelines.restore.stages import PENDING, ModelStage
 from ugpnet.compiled import CompileRecord, CompileRecords, should_compile
 from ugpnet.inference import (
     HostToDevice,
@@ -47,7 +47,7 @@ def test_a_pick_is_never_slower_per_image_than_batch_1():
 
 
 def test_cpu_candidates_grow_only_for_small_tiles():
-    from pipelines.model_runtime import cpu_batch_candidates
+    from pipelines.restore.model_runtime import cpu_batch_candidates
 
     assert cpu_batch_candidates(512) == (1, 2, 4)  # at 512² batch 4 already loses on CPU (issue 11)
     assert cpu_batch_candidates(256) == (1, 2, 4, 8, 16)
@@ -175,14 +175,14 @@ def test_a_bad_execution_field_is_named(field, value):
 
 
 def test_the_config_choices_are_the_library_ones():
-    import pipelines.common_options
+    import pipelines.common.shared_options
     import ugpnet.compiled
     import ugpnet.fitting
     import ugpnet.inference
 
-    assert pipelines.common_options.FIT_POLICIES == ugpnet.fitting.FIT_POLICIES
-    assert pipelines.common_options.PRECISIONS == ugpnet.inference.PRECISIONS
-    assert pipelines.common_options.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
+    assert pipelines.common.shared_options.FIT_POLICIES == ugpnet.fitting.FIT_POLICIES
+    assert pipelines.common.shared_options.PRECISIONS == ugpnet.inference.PRECISIONS
+    assert pipelines.common.shared_options.COMPILE_MODES == ugpnet.compiled.COMPILE_MODES
 
 
 def test_fp16_without_a_gpu_is_a_config_error():
@@ -194,7 +194,7 @@ def test_fp16_without_a_gpu_is_a_config_error():
 
 
 def test_the_driver_hands_every_actor_its_execution_settings():
-    from pipelines.restore import execution_settings, rows_per_model_call
+    from pipelines.restore.run import execution_settings, rows_per_model_call
 
     config = RestoreConfig(input="in", output="out", precision="bf16", compile="auto").validate()
     settings = execution_settings(config, planned_images=250)
@@ -207,7 +207,7 @@ def test_the_driver_hands_every_actor_its_execution_settings():
 
 
 def test_blocks_hold_two_model_calls_so_small_tiles_get_larger_blocks():
-    from pipelines.restore import rows_per_block
+    from pipelines.restore.run import rows_per_block
 
     def config(**fields):
         return RestoreConfig(input="in", output="out", **fields).validate()
@@ -221,7 +221,7 @@ def test_blocks_hold_two_model_calls_so_small_tiles_get_larger_blocks():
 
 def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys):
     from pipelines import cli
-    from pipelines.restore import config_from_args
+    from pipelines.restore.run import config_from_args
 
     args = cli.build_parser().parse_args(["restore", "--input", "in", "--output", "out", "--precision", "bf16",
                                           "--compile", "auto", "--compile-cache-dir", str(tmp_path)])
@@ -234,7 +234,7 @@ def test_restore_and_archive_flags_carry_precision_and_compile(tmp_path, capsys)
 
 
 def test_evaluate_takes_a_precision_and_refuses_fp16_without_a_gpu():
-    from pipelines.evaluate import EvaluateConfig
+    from pipelines.evaluate.run import EvaluateConfig
 
     common = dict(data="in", task="denoise", report="out")
     assert EvaluateConfig(**common, precision="bf16").validate().precision == "bf16"
@@ -252,7 +252,7 @@ def _pending_batch(count: int, size: int) -> dict:
 
     canvases = np.random.default_rng(1).random((count, 3, size, size), dtype=np.float32)
     plan = plan_fit(size, size, input_size=size, scale=1, policy="tile").to_json()
-    # input_uri: every real row has one (the model stage hands it to pipelines.fault_hooks)
+    # input_uri: every real row has one (the model stage hands it to pipelines.common.fault_hooks)
     return {"canvas": list(canvases), "fit_plan": [plan] * count, "status": [PENDING] * count, "error": [""] * count,
             "input_uri": [f"/in/{index}.png" for index in range(count)]}
 

@@ -14,9 +14,10 @@ from restore_samples import photo
 from services import SLOW_MACHINE_RAY_ENV, kill_processes, processes_mentioning, short_temp_dir
 
 import ugpnet
-from pipelines import cli, logs
-from pipelines.archive import ArchiveSummary
-from pipelines.restore_throughput import STAGES, stage_figures, stages_line
+from pipelines import cli
+from pipelines.archive.run import ArchiveSummary
+from pipelines.common import logs
+from pipelines.restore.throughput import STAGES, stage_figures, stages_line
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("time", "level", "message", "verb")
@@ -88,7 +89,7 @@ def test_usage_errors_and_listings_are_json_too():
 # What libraries and native code print, each way they print it, inside a json session.
 NOISY_DRIVER = textwrap.dedent("""
     import logging, os, sys, traceback, warnings
-    from pipelines import logs
+    from pipelines.common import logs
 
     with logs.driver_output("json"):
         logs.bind(verb="restore", run_id="r1")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ugpnet
-from pipelines.model_refs import ModelRefError, bundle_payload, load_payload, payload_model, resolve_model
+from pipelines.common.models import ModelRefError, bundle_payload, load_payload, payload_model, resolve_model
 from ugpnet.model_refs import cache_dir
 from ugpnet.presets import PRESETS
 
@@ -86,15 +86,15 @@ def test_registry_downloads_land_in_the_same_cache(cache, tiny_bundle, monkeypat
 
     import mlflow
 
-    import pipelines.registry
-    from pipelines.registry import RegisteredVersion, download_bundle
+    import pipelines.registry.store
+    from pipelines.registry.store import RegisteredVersion, download_bundle
 
     def download_artifacts(artifact_uri, dst_path):  # the layout a logged pyfunc model downloads as
         shutil.copytree(tiny_bundle, Path(dst_path) / "artifacts" / "bundle")
         (Path(dst_path) / "MLmodel").write_text(
             "flavors:\n  python_function:\n    artifacts:\n      bundle:\n        path: artifacts/bundle\n")
 
-    monkeypatch.setattr(pipelines.registry, "resolve_version",
+    monkeypatch.setattr(pipelines.registry.store, "resolve_version",
                         lambda ref: RegisteredVersion("ugpnet-denoise", "2", None, ("champion",)))
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download_artifacts)
     bundle, version = download_bundle("models:/ugpnet-denoise@champion")

@@ -1,5 +1,5 @@
 """The multi-node fixture catches the "driver-local path handed to remote code" bug class, and the
-guard (pipelines.cluster_paths) turns it into a clear error before any work. All through the job server."""
+guard (pipelines.common.cluster_paths) turns it into a clear error before any work. All through the job server."""
 
 import shlex
 import tempfile
@@ -16,7 +16,7 @@ pytest_plugins = ["multinode"]
 LOCAL_BUNDLE_JOB = """
 import tempfile, ray, ugpnet
 from ugpnet.checkpoint import load_bundle
-from pipelines.cluster_paths import LocalPath, LocalPathError, check_local_paths
+from pipelines.common.cluster_paths import LocalPath, LocalPathError, check_local_paths
 ray.init()
 bundle = tempfile.mkdtemp(prefix="ugpnet-bundle-")
 ugpnet.save(ugpnet.build("tiny_denoise"), bundle)

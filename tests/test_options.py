@@ -1,4 +1,4 @@
-"""Every verb's options come from one declaration (pipelines.options): its --help shows each option's
+"""Every verb's options come from one declaration (pipelines.common.options): its --help shows each option's
 default (and unit for numbers), and --config, --set and --dry-run work the same for every verb."""
 
 import argparse
@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from pipelines import cli, options
-from pipelines.restore import RestoreConfig
+from pipelines import cli
+from pipelines.common import options
+from pipelines.restore.run import RestoreConfig
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

@@ -90,7 +90,7 @@ def test_a_download_killed_half_way_is_fetched_again(tracking, registered, tiny_
     """Issue 10 point 7: the cache used to trust any folder holding an `MLmodel`, so a download killed
     after that file stayed broken forever. Here the weights of a cached download are gone, as a kill
     would leave them (and, like such a folder, it carries no completion marker)."""
-    from pipelines.registry import COMPLETE_MARKER, download_bundle
+    from pipelines.registry.store import COMPLETE_MARKER, download_bundle
 
     monkeypatch.setenv("UGPNET_CACHE", str(tmp_path / "cache"))
     bundle, _ = download_bundle("models:/ugpnet-denoise/1")

@@ -26,7 +26,7 @@ from services import (
 )
 
 import ugpnet
-from pipelines import storage
+from pipelines.common import storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 pytest_plugins = ["services"]

@@ -1,5 +1,5 @@
 """Failure isolation and memory safety of `ugpnet restore`, on a real local Ray whose workers carry
-the package's test-only fault hooks (pipelines/fault_hooks.py): one chosen image fails inside the
+the package's test-only fault hooks (pipelines/common/fault_hooks.py): one chosen image fails inside the
 real model actor (an exception, or the actor's process SIGKILLed as the OOM killer would)."""
 
 import os
@@ -9,8 +9,8 @@ import pytest
 from restore_samples import photo
 
 import ugpnet
-from pipelines import fault_hooks, storage
-from pipelines.restore import RestoreConfig, run
+from pipelines.common import fault_hooks, storage
+from pipelines.restore.run import RestoreConfig, run
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["services"]
@@ -117,14 +117,14 @@ def test_a_24_mpx_photo_through_default_sr_is_one_error_row_naming_the_budget(tm
 def test_a_12_mpx_photo_through_an_official_preset_is_planned_within_the_cluster(tmp_path, faulty_ray):
     """Planning only (a full official-size 12 Mpx run takes hours on 2 CPUs): either the photo is
     refused naming the budget, or every reservation fits this Ray cluster's node beside the actors."""
-    from pipelines import restore_budget
-    from pipelines.model_refs import resolve_model
+    from pipelines.common.models import resolve_model
+    from pipelines.restore import budget as restore_budget
 
     (tmp_path / "photo12.jpg").write_bytes(big_photo(4000, 3000))
     model = resolve_model("preset:nafnet_denoise")
     geometry = restore_budget.geometry_of(model)
     assert (geometry.input_size, geometry.scale) == (512, 1)
-    from pipelines import restore_memory
+    from pipelines.restore import memory as restore_memory
 
     fixed = restore_memory.actor_memory(geometry, 4, 0)
     budget, node = restore_budget.cluster_budget(fixed)

@@ -1,7 +1,7 @@
-"""The memory estimates of pipelines/restore_memory.py held to peaks measured on the real stages.
+"""The memory estimates of pipelines/restore/memory.py held to peaks measured on the real stages.
 
 Each measurement runs in a fresh process (a peak RSS only grows): import and warm up, note
-its peak RSS (VmHWM), run one stage of pipelines/restore_stages.py on a real photo (scikit-image's `coffee`,
+its peak RSS (VmHWM), run one stage of pipelines/restore/stages.py on a real photo (scikit-image's `coffee`,
 600×400, as JPEG), note the peak again. The estimate must cover the measured rise and stay
 within a small factor of it (an estimate that reserves far too much wastes the cluster).
 """
@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 import ugpnet
-from pipelines import restore_memory
-from pipelines.restore_memory import ModelGeometry, estimate_image
+from pipelines.restore import memory as restore_memory
+from pipelines.restore.memory import ModelGeometry, estimate_image
 
 MEASURE = r"""
 import json, sys
 import numpy as np
-from pipelines import storage
-from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit, _encode_and_write_one
+from pipelines.common import storage
+from pipelines.restore.stages import ModelStage, StageSettings, _decode_and_fit, _encode_and_write_one
 from ugpnet.fitting import FitPlan, plan_fit
 
 args = json.loads(sys.argv[1])
@@ -157,8 +157,8 @@ def test_header_size_reads_only_the_start_of_a_file(coffee):
 def _restore_in_process(data: bytes, bundle, transport: str, module_chain: tuple[str, ...], tmp_path):
     """decode → model stage(s) → encode, the real stage functions without Ray; returns the 8-bit
     output and the bytes that crossed each stage boundary (what the object store would carry)."""
-    from pipelines import storage
-    from pipelines.restore_stages import ModelStage, StageSettings, _decode_and_fit, _encode_and_write_one
+    from pipelines.common import storage
+    from pipelines.restore.stages import ModelStage, StageSettings, _decode_and_fit, _encode_and_write_one
 
     model = ugpnet.load(str(bundle))
     settings = StageSettings(run_id="t", model_ref="t", model_version="v", output_root=storage.resolve(str(tmp_path)),

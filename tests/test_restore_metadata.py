@@ -10,7 +10,7 @@ from PIL import Image
 from restore_samples import camera_exif, photo, png16_with_profile_and_exif, srgb_profile
 
 import ugpnet
-from pipelines.restore import RestoreConfig, run
+from pipelines.restore.run import RestoreConfig, run
 from ugpnet.images import decode_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]

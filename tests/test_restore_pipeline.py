@@ -17,8 +17,9 @@ from restore_samples import bad_samples, good_samples, photo
 from services import ray_children_named, wait_for
 
 import ugpnet
-from pipelines import cli, storage
-from pipelines.restore import RestoreConfig, run
+from pipelines import cli
+from pipelines.common import storage
+from pipelines.restore.run import RestoreConfig, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 pytest_plugins = ["services"]

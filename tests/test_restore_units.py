@@ -12,13 +12,14 @@ from PIL import Image
 from restore_samples import bad_samples, good_samples, photo
 
 import ugpnet
-from pipelines import cli, storage
-from pipelines.done_markers import marker_for, output_settings
-from pipelines.model_refs import ModelRefError, load_payload, resolve_model
-from pipelines.restore import ConfigError, RestoreConfig, config_from_args, first_local_input
-from pipelines.restore_inputs import InputItem, list_inputs, output_key, plan_rows, read_manifest
-from pipelines.restore_lost import LOST_FILE, record_lost_rows
-from pipelines.restore_stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
+from pipelines import cli
+from pipelines.common import storage
+from pipelines.common.models import ModelRefError, load_payload, resolve_model
+from pipelines.restore.done_markers import marker_for, output_settings
+from pipelines.restore.inputs import InputItem, list_inputs, output_key, plan_rows, read_manifest
+from pipelines.restore.lost import LOST_FILE, record_lost_rows
+from pipelines.restore.run import ConfigError, RestoreConfig, config_from_args, first_local_input
+from pipelines.restore.stages import ModelStage, StageSettings, encode_and_write, read_decode_fit
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = storage.StorageSpec("local")
@@ -83,12 +84,12 @@ def test_the_example_config_is_valid():
 
 
 def test_bad_config_fails_fast_on_the_cli_naming_the_field(tmp_path, capsys, monkeypatch):
-    import pipelines.restore
+    import pipelines.restore.run
 
     def no_ray():
         raise AssertionError("a bad config must fail before Ray is started")
 
-    monkeypatch.setattr(pipelines.restore, "ensure_ray", no_ray)
+    monkeypatch.setattr(pipelines.restore.run, "ensure_ray", no_ray)
     assert cli.main(["restore", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--quality", "0"]) == 2
     assert "'quality'" in capsys.readouterr().err
     assert cli.main(["restore", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"),
@@ -244,7 +245,7 @@ def test_manifests_in_three_formats(tmp_path):
 
 
 def test_plan_rows_skips_done_outputs_and_reports_collisions(tmp_path):
-    from pipelines.restore_inputs import InputItem
+    from pipelines.restore.inputs import InputItem
 
     out = storage.Location(LOCAL, str(tmp_path / "out"))
     settings = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False)
@@ -273,7 +274,7 @@ def test_plan_rows_skips_done_outputs_and_reports_collisions(tmp_path):
 
 def test_a_rerun_at_another_precision_redoes_the_output(tmp_path):
     """bf16 outputs differ from fp32 ones: a marker written at fp32 must not make a bf16 run skip."""
-    from pipelines.restore_inputs import InputItem
+    from pipelines.restore.inputs import InputItem
 
     out = storage.Location(LOCAL, str(tmp_path / "out"))
     fp32 = output_settings(fit="resize", tile_overlap=None, ext="png", quality=95, save_intermediate=False)
@@ -302,7 +303,7 @@ def test_bundle_and_preset_references(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_registry_references_record_the_registry_version(tiny_bundle, monkeypatch):
-    import pipelines.registry
+    import pipelines.registry.store
 
     asked = []
 
@@ -310,7 +311,7 @@ def test_registry_references_record_the_registry_version(tiny_bundle, monkeypatc
         asked.append(ref)
         return Path(tiny_bundle), "ugpnet-denoise/3"
 
-    monkeypatch.setattr(pipelines.registry, "download_bundle", download_bundle)
+    monkeypatch.setattr(pipelines.registry.store, "download_bundle", download_bundle)
     resolved = resolve_model("models:/ugpnet-denoise@champion")
     assert asked == ["models:/ugpnet-denoise@champion"]
     assert resolved.registry_version == "ugpnet-denoise/3"
@@ -469,7 +470,7 @@ def test_fit_error_policy_makes_an_error_row(tiny_bundle, tmp_path):
 def test_pools_that_cannot_be_placed_on_a_local_cluster_are_refused(monkeypatch):
     import ray
 
-    from pipelines.restore import check_resources
+    from pipelines.restore.run import check_resources
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 8 * 2**30})
@@ -485,7 +486,7 @@ def test_pools_that_cannot_be_placed_on_a_local_cluster_are_refused(monkeypatch)
 
 
 def test_a_run_id_is_not_reused(tmp_path, tiny_bundle):
-    from pipelines.restore import run
+    from pipelines.restore.run import run
 
     (tmp_path / "in").mkdir()
     storage.write_bytes(storage.Location(LOCAL, str(tmp_path / "out/_ugpnet/manifest/r1/part.parquet")), b"x")

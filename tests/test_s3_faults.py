@@ -10,7 +10,8 @@ from fault_proxy import FaultProxy
 from restore_samples import photo
 
 import ugpnet
-from pipelines import cli, storage
+from pipelines import cli
+from pipelines.common import storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 pytest_plugins = ["services"]
@@ -105,8 +106,8 @@ def touches(*names: str):
 
 @pytest.mark.timeout(900)
 def test_two_archive_runs_through_s3_faults_on_listing_lease_and_commit(s3_buckets, proxy):
-    from pipelines.archive import ArchiveConfig, run
-    from pipelines.archive_state import StateStore
+    from pipelines.archive.run import ArchiveConfig, run
+    from pipelines.archive.state import StateStore
 
     client = s3_buckets.client()
     for index in range(12):

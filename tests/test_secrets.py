@@ -5,10 +5,10 @@ import mlflow
 import pytest
 from mlflow_service import mlflow_server
 
-from pipelines import train
 from pipelines.cli import main as cli_main
-from pipelines.redaction import redact
-from pipelines.train_config import TrainConfig, plan_run
+from pipelines.common.redaction import redact
+from pipelines.train import run as train
+from pipelines.train.config import TrainConfig, plan_run
 
 pytest_plugins = ["services"]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pipelines.cli import build_parser
-from pipelines.config_fields import ConfigError
+from pipelines.common.config_fields import ConfigError
 from pipelines.demo import DemoConfig
-from pipelines.evaluate import EvaluateConfig
-from pipelines.train_config import TrainConfig, degradation_for, validate
+from pipelines.evaluate.run import EvaluateConfig
+from pipelines.train.config import TrainConfig, degradation_for, validate
 from ugpnet import PRESETS, metrics
 from ugpnet.baselines import BASELINES
 from ugpnet.degradations import NAMED_DEGRADATIONS, Degradation, degrade
@@ -29,7 +29,7 @@ HALVES = (EVEN_LEVELS + 0.5) / 255
 
 
 def task_option(config_class):
-    """The declaration of a verb config's `task` field (pipelines.options)."""
+    """The declaration of a verb config's `task` field (pipelines.common.options)."""
     return next(f for f in fields(config_class) if f.name == "task").metadata["option"]
 
 

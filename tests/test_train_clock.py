@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipelines.train_loop import ThroughputClock, thread_schedstat
+from pipelines.train.loop import ThroughputClock, thread_schedstat
 
 
 def test_clock_splits_waiting_for_batches_from_stepping():

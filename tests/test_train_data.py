@@ -4,7 +4,7 @@ the training stream in few blocks, every image equally often, a new block order 
 import pytest
 import torch
 
-from pipelines.train_data import validation_crops, validation_pairs
+from pipelines.train.data import validation_crops, validation_pairs
 from ugpnet.degradations import NAMED_DEGRADATIONS
 
 pytest_plugins = ["services"]
@@ -53,7 +53,7 @@ def constant_photos(folder, count: int) -> list[str]:
 def test_training_epoch_is_a_few_large_blocks_reordered_on_every_pass(ray_session, tmp_path):
     # Few blocks means few Ray Data tasks per epoch: on main an epoch of 256 rows was 200 blocks
     # (from_items) shuffled row by row (hundreds more tasks), whose scheduling cost a 1-CPU train worker.
-    from pipelines.train_data import ROWS_PER_BLOCK, train_dataset
+    from pipelines.train.data import ROWS_PER_BLOCK, train_dataset
 
     uris = constant_photos(tmp_path, 8)
     dataset = train_dataset(uris, 16, NAMED_DEGRADATIONS["denoise_sigma25"], samples_per_epoch=256)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.train_config import build_config, plan_run, validate
+from pipelines.train.config import build_config, plan_run, validate
 from ugpnet.degradations import NAMED_DEGRADATIONS
 from ugpnet.tasks import TRAINING_DEGRADATIONS as DEFAULT_DEGRADATIONS
 

@@ -16,7 +16,7 @@ def photo_folder(directory: Path, corrupt: int = 1) -> Path:
     and corrupt files that training must skip."""
     from PIL import Image
 
-    from pipelines.samples import write_sample_photos
+    from pipelines.data.samples import write_sample_photos
 
     write_sample_photos(directory, with_skimage=False)
     (directory / "SOURCES.json").unlink()

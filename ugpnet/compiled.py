@@ -40,7 +40,7 @@ COMPILED_MODULES = ("resmodule", "synmodule", "fusmodule")
 def compile_model(module: torch.nn.Module, cache_dir: str | os.PathLike | None = None, *,
                   dynamic: bool = False, mode: str | None = None, options: dict | None = None) -> torch.nn.Module:
     """Compile `module` in place with inductor and return it: the one entry point, used by the bench
-    and by the model actors (pipelines/model_runtime.py). Compilation happens on the first call.
+    and by the model actors (pipelines/restore/model_runtime.py). Compilation happens on the first call.
 
     A whole UGPNet compiles its three modules one by one, so the split pipeline mode (which calls
     them separately) runs compiled too; any other module (an actor's `resmodule`, ...) compiles as

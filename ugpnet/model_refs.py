@@ -7,7 +7,7 @@ Accepted references:
 - `preset:NAME` or `preset:NAME@SEED`: fresh random weights of a preset (seed 0 unless given), written
   once into cache_dir()/presets/ (tests and demos only);
 - any other `SCHEME:…`: the resolver registered for SCHEME under the `ugpnet.model_refs` entry-point
-  group, e.g. `models:/NAME@ALIAS` from pipelines.registry, which needs MLflow (this library never
+  group, e.g. `models:/NAME@ALIAS` from pipelines.registry.store, which needs MLflow (this library never
   imports it).
 """
 

@@ -1,0 +1,1 @@
+"""What every verb shares: options, storage, Ray resources, logs, error kinds, model references."""

@@ -1,0 +1,1 @@
+"""`ugpnet data prepare`: training and evaluation photos from packages, with their licences."""

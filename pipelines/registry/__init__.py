@@ -1,0 +1,1 @@
+"""`ugpnet models`: the MLflow registry, the pyfunc model and model cards."""

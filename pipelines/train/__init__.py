@@ -1,0 +1,1 @@
+"""`ugpnet train`: the three stages on Ray Train, tracked in MLflow."""
