@@ -42,7 +42,7 @@ def is_declaration(value: ast.AST) -> bool:
     func = value.func
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
     owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
-    return name == "option" or owner in ("common", "common_options")
+    return name == "option" or owner in ("common", "common_options", "shared_options")
 
 
 def option_counts(name: str, tree: ast.AST) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 BUNDLE_ARTIFACT = "bundle"
 # Explicit requirements: inferred ones would pin the local CPU build of torch that no registry serves.
 PIP_REQUIREMENTS = ["torch>=2.2", "numpy", "pillow", "safetensors", "pandas", "mlflow>=3.0"]
