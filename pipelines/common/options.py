@@ -43,6 +43,10 @@ def option(default: Any = MISSING, *, factory: Any = MISSING, **declaration) -> 
     return field(default=default, default_factory=factory, metadata={"option": Option(**declaration)})
 
 
+def is_required(f) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
 def declared(cls) -> list:
     return [f for f in fields(cls) if "option" in f.metadata]
 
@@ -113,7 +117,7 @@ def flag_of(name: str) -> str:
 def default_phrase(f, spec: Option) -> str:
     if spec.default_text is not None:
         text = spec.default_text
-    elif f.default is MISSING and f.default_factory is MISSING:
+    elif is_required(f):
         return "required" + (f"; unit: {spec.unit}" if spec.unit else "")
     else:
         value = f.default_factory() if f.default is MISSING else f.default
@@ -208,7 +212,7 @@ def load_config_file(path: str, section: str | None = None) -> dict:
 
 def from_mapping(cls, values: dict):
     """The config, not yet validated: unknown keys and missing required fields are refused, naming them."""
-    required = tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+    required = tuple(f.name for f in fields(cls) if is_required(f))
     return cls(**fields_from_mapping(cls, values, required))
 
 
@@ -258,14 +262,13 @@ class Declared:
 
 # ---------------------------------------------------------------- the verb
 
-def handler(cls, run, section: str | None = None, redact=None):
+def handler(cls, run, section: str | None = None):
     """An argparse handler: build and validate the config, print it on `--dry-run`, else run it."""
 
     def handle(args) -> int:
         config = config_from_args(args, cls, section)  # ConfigError → the CLI exits 2
         if args.dry_run:
-            data = public_dict(config)
-            print(json.dumps(redact(data) if redact else data, indent=2))
+            print(json.dumps(public_dict(config), indent=2))
             return 0
         return run(config)
 
