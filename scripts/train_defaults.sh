@@ -4,6 +4,10 @@
 # writes its MODEL_CARD.md. Usage: bash scripts/train_defaults.sh [TASK ...]
 # Work files (photos, checkpoints, MLflow sqlite database, reports) go to $UGPNET_DEFAULTS_WORK (default
 # ./.defaults-work); re-running resumes unfinished stages of the same run names.
+# A task with infra/configs/defaults/<task>-continue.yaml gets a second round: that config, started from
+# the first round's bundle (init_bundle); its bundle is the one shipped. The second round runs on a local
+# Ray head this script starts with one logical CPU more than the cores, so that a worker with two torch
+# threads leaves a CPU to the data pipeline; the script stops that head (by its process group) on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${UGPNET_DEFAULTS_WORK:-$PWD/.defaults-work}"
@@ -14,20 +18,45 @@ export RAY_DATA_DISABLE_PROGRESS_BARS=1
 mkdir -p "$WORK"
 [ -f "$WORK/photos/manifest.json" ] || \
   .venv/bin/ugpnet data prepare --dest "$WORK/photos" --sources installed,kodak,mate --cache "$WORK/cache"
+train() {  # CONFIG LOG [ARGS...]: one `ugpnet train` round of a task
+  local config=$1 log=$2; shift 2
+  .venv/bin/ugpnet train --config "$config" --data "$WORK/photos/train" --storage "$WORK/runs" \
+    --tracking-uri "sqlite:///$WORK/mlflow.db" "$@" 2>&1 | tee "$log" | grep --line-buffered "^ugpnet train"
+}
+start_ray_head() {
+  [ -z "${RAY_ADDRESS:-}" ] || return 0
+  local port=6391 cpus=$(( $(nproc) + 1 ))
+  RAY_AUTH_MODE=disabled setsid .venv/bin/ray start --head --block --num-cpus "$cpus" --port "$port" \
+    --node-ip-address 127.0.0.1 --include-dashboard=false --disable-usage-stats --temp-dir "/tmp/ugpnet-defaults-ray-$$" \
+    > "$WORK/ray-head.log" 2>&1 &
+  RAY_HEAD_PID=$!
+  trap 'kill -- -$RAY_HEAD_PID 2>/dev/null || true' EXIT
+  export RAY_ADDRESS="127.0.0.1:$port" RAY_AUTH_MODE=disabled
+  until .venv/bin/ray status --address "$RAY_ADDRESS" > /dev/null 2>&1; do
+    kill -0 "$RAY_HEAD_PID" 2>/dev/null || { cat "$WORK/ray-head.log"; exit 1; }
+    sleep 1
+  done
+}
 for task in ${TASKS[*]}; do
   start=$(date +%s)
-  .venv/bin/ugpnet train --config "infra/configs/defaults/$task.yaml" --data "$WORK/photos/train" \
-    --storage "$WORK/runs" --tracking-uri "sqlite:///$WORK/mlflow.db" 2>&1 | tee "$WORK/train-$task.log" \
-    | grep --line-buffered "^ugpnet train"
+  train "infra/configs/defaults/$task.yaml" "$WORK/train-$task.log"
+  final="$WORK/runs/default-$task/bundles/fusion" card_config="infra/configs/defaults/$task.yaml" history=""
+  continue_config="infra/configs/defaults/$task-continue.yaml"
+  if [ -f "$continue_config" ]; then
+    start_ray_head
+    train "$continue_config" "$WORK/train-$task-continue.log" --set "init_bundle=$final"
+    final="$WORK/runs/default-$task-continue/bundles/fusion" card_config="$continue_config"
+    history="Second round: started from the first round's bundle (\`infra/configs/defaults/$task.yaml\`)."
+  fi
   seconds=$(( $(date +%s) - start ))
   echo "train_defaults: $task trained in $seconds s"
   rm -rf "ugpnet/defaults/$task"
   mkdir -p "ugpnet/defaults/$task"
-  cp "$WORK/runs/default-$task/bundles/fusion/"{model.safetensors,ugpnet.json} "ugpnet/defaults/$task/"
+  cp "$final/"{model.safetensors,ugpnet.json} "ugpnet/defaults/$task/"
   # 256 px centre crops keep the CPU evaluation to minutes; the strengths are the task's defaults.
   .venv/bin/ugpnet evaluate --model "ugpnet/defaults/$task" --data "$WORK/photos/test" --task "$task" \
     --crop 256 --report "$WORK/eval/$task" 2>&1 | tee "$WORK/eval-$task.log" | grep -v "INFO\|WARN\|DEBUG" | tail -20
   .venv/bin/python -m pipelines.registry.model_card --bundle "ugpnet/defaults/$task" \
-    --config "infra/configs/defaults/$task.yaml" --data-manifest "$WORK/photos/manifest.json" \
+    --config "$card_config" --history "$history" --data-manifest "$WORK/photos/manifest.json" \
     --tracking-uri "sqlite:///$WORK/mlflow.db" --evaluation "$WORK/eval/$task/summary.json"
 done

@@ -8,7 +8,7 @@ import pytest
 
 import ugpnet
 from pipelines.cli import main as cli_main
-from pipelines.demo import demo_photos
+from pipelines.demo import demo_photos, synthesized_note
 from ugpnet.model_refs import default_bundle
 
 
@@ -40,3 +40,10 @@ def test_demo_restores_the_sample_photos_with_the_default_model(tmp_path, capsys
         gains.append(fused - degraded)
     assert sum(gains) / len(gains) > 4, gains     # σ = 25: 6.6 dB on average when shipped
     assert (out / "figure.png").stat().st_size > 10_000
+    assert synthesized_note("default:denoise") in page.replace("&#x27;", "'")  # the page says what that column is
+
+
+def test_the_synthesized_column_is_explained_and_the_defaults_weakness_named():
+    assert "StyleGAN2 prior's own image" in synthesized_note("models:/ugpnet-denoise@champion")
+    assert "not the photo's structure" not in synthesized_note("models:/ugpnet-denoise@champion")
+    assert "not the photo's structure" in synthesized_note("default:sr")

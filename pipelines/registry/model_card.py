@@ -20,11 +20,13 @@ from ugpnet.tasks import get_task
 
 STAGES = ("restoration", "synthesis", "fusion")
 OUTPUTS = ("input", "restored", "synthesized", "fused")
+STAGE_OUTPUTS = dict(zip(STAGES, OUTPUTS[1:], strict=True))  # the output each stage trains
 
 
-def stage_metrics(tracking_uri: str, run_name: str) -> dict[str, dict[str, float]]:
-    """The last validation metrics logged by each stage's latest nested run `<run_name>/<stage>`,
-    and its wall time in seconds as `seconds`."""
+def stage_metrics(tracking_uri: str, run_name: str) -> dict[str, dict]:
+    """The last validation metrics logged by each stage's latest nested run `<run_name>/<stage>`, its
+    wall time in seconds as `seconds`, and the validation curve of the stage's own output as `curve`
+    ([(step, PSNR)], the measured curve its schedule was chosen from)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -37,6 +39,8 @@ def stage_metrics(tracking_uri: str, run_name: str) -> dict[str, dict[str, float
                 info = runs[0].info
                 result[stage] = {k: v for k, v in runs[0].data.metrics.items() if k.startswith("val/")}
                 result[stage]["seconds"] = ((info.end_time or info.start_time) - info.start_time) / 1000
+                history = client.get_metric_history(info.run_id, f"val/{STAGE_OUTPUTS[stage]}_psnr")
+                result[stage]["curve"] = sorted((m.step, m.value) for m in history)
     return result
 
 
@@ -56,9 +60,42 @@ def comparison_lines(summary: dict) -> str:
         texture = {True: "closer to GT than the restored image's",
                    False: "not closer to GT than the restored image's", None: "not measured"}[
             c["fused_texture_closer_than_restored"]]
+        baseline = ""
+        if c.get("best_blind_baseline"):
+            baseline = (f"; fused − best blind baseline ({c['best_blind_baseline']}) "
+                        f"**{c['fused_minus_best_blind_baseline_psnr_db']:+.2f} dB**")
         lines.append(f"- strength {c['strength']}: restored − input PSNR **{gain:+.2f} dB**; fused − restored "
-                     f"**{cost:+.2f} dB**; fused texture (hf_distance {c['fused_hf_distance']:.3f} vs "
+                     f"**{cost:+.2f} dB**{baseline}; fused texture (hf_distance {c['fused_hf_distance']:.3f} vs "
                      f"{c['restored_hf_distance']:.3f}) {texture}")
+    return "\n".join(lines)
+
+
+def baseline_table(summary: dict) -> str:
+    """PSNR per strength: ours beside each classical baseline run on the same inputs (non-blind ones,
+    given the true degradation, are marked); empty when the evaluation ran none."""
+    baselines = summary.get("baselines") or []
+    if not baselines:
+        return ""
+    psnr = {(e["strength"], e["output"]): e.get("psnr") for e in summary["table"]}
+    columns = ["input", "restored", "fused"] + [b["name"] for b in baselines]
+    labels = ["input", "restored", "**fused**"] + [b["name"] + ("" if b["blind"] else " (non-blind)")
+                                                   for b in baselines]
+    lines = [f"| strength | {' | '.join(labels)} |", "|---|" + "---|" * len(columns)]
+    for strength in sorted({e["strength"] for e in summary["table"]}):
+        cells = [psnr.get((strength, c)) for c in columns]
+        lines.append(f"| {strength} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in cells) + " |")
+    return ("PSNR (dB) beside the classical baselines, on the very same degraded inputs "
+            "(`ugpnet evaluate --baselines`):\n\n" + "\n".join(lines))
+
+
+def curve_text(stages: dict, trained: list[str]) -> str:
+    """The measured validation curve of each stage this run trained (what its schedule was chosen by)."""
+    lines = []
+    for stage in trained:
+        curve = stages.get(stage, {}).get("curve") or []
+        if curve:
+            points = ", ".join(f"{step}: {value:.2f}" for step, value in curve)
+            lines.append(f"- {stage} (val {STAGE_OUTPUTS[stage]} PSNR by step): {points}")
     return "\n".join(lines)
 
 
@@ -78,7 +115,7 @@ def warm_start(stage: dict) -> str:
 
 
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
-               limits: str) -> Path:
+               limits: str, history: str = "") -> Path:
     config = yaml.safe_load(config_path.read_text())
     bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
     manifest = json.loads(manifest_path.read_text())
@@ -86,7 +123,8 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
     test = [r for r in manifest if r["split"] == "test"]
     summary = json.loads(evaluation.read_text())
     stages = stage_metrics(tracking_uri, config["run_name"])
-    minutes = {stage: stages.get(stage, {}).get("seconds", 0) / 60 for stage in STAGES}
+    trained = [s for s in STAGES if s in config.get("stages", STAGES)]  # the others came with init_bundle
+    minutes = {stage: stages.get(stage, {}).get("seconds", 0) / 60 for stage in trained}
     hyper = config["hyperparams"]
     packages = Counter(f"{r['package']} {r['version']}" for r in train)
     licences = sorted({r["licence"].split(" (")[0] for r in train})
@@ -94,15 +132,16 @@ def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_ur
     resolution = get_preset(bundle_config["preset"]["name"]).resolution
     validation = "\n".join(
         f"| {stage} | " + " | ".join(f"{stages.get(stage, {}).get(f'val/{o}_psnr', float('nan')):.2f}"
-                                     for o in OUTPUTS) + " |" for stage in STAGES)
+                                     for o in OUTPUTS) + " |" for stage in trained)
     default_model = get_task(config["task"]).default_model
     card = f"""# Default model `{default_model}` — {bundle_config['preset']['name']}
 
 Trained on a 2-core CPU machine (no GPU) by this project's own pipeline: `bash scripts/train_defaults.sh
 {config['task']}` (`ugpnet data prepare`, then `ugpnet train --config {config_path.as_posix()}`: Ray Train,
 tracked in MLflow): {sum(minutes.values()):.0f} minutes of training in all
-({', '.join(f'{stage} {m:.0f}' for stage, m in minutes.items())}; MLflow stage run times, 1 worker, 1 CPU,
-sharing the 2 cores with other work).
+({', '.join(f'{stage} {m:.0f}' for stage, m in minutes.items())}; MLflow stage run times,
+{config.get('workers', 1)} worker, {config.get('cpus_per_worker', 1)} CPU each, sharing the 2 cores with other work).
+{history}
 Weights: `model.safetensors`, {size_mb:.1f} MB; `ugpnet.json` holds the preset and provenance.
 
 ## Data
@@ -125,10 +164,16 @@ Evaluation: `ugpnet evaluate --task {config['task']}` at the strengths below.
 |---|---|---|---|---|---|---|
 """ + "\n".join(f"| {s} | {hyper[s]['steps']} | {hyper[s]['batch_size']} | {hyper[s]['lr']} | "
                 f"{hyper[s].get('lr_milestones', [])} | {hyper[s].get('warmup_steps', 0)} | {warm_start(hyper[s])} |"
+                if s in trained else f"| {s} | not trained in this run: kept from `init_bundle` | | | | | |"
                 for s in STAGES) + f"""
 
 Perceptual (LPIPS) and contextual terms are 0: their VGG weights cannot be downloaded here. The official
-schedule is 20k / 40k / 40k steps at batch 8 on a GPU; this one is {' / '.join(str(hyper[s]['steps']) for s in STAGES)}.
+schedule is 20k / 40k / 40k steps at batch 8 on a GPU; this run's is
+{' / '.join(str(hyper[s]['steps']) for s in trained)} ({', '.join(trained)}).
+
+Measured validation curves:
+
+{curve_text(stages, trained)}
 
 Validation PSNR (dB) at the end of each stage (held-out crops, training degradation):
 
@@ -141,6 +186,10 @@ Validation PSNR (dB) at the end of each stage (held-out crops, training degradat
 `ugpnet evaluate --model {default_model} --data <prepared>/test --task {config['task']}
 {' '.join(f'--{k.replace("_", "-")} {v}' for k, v in summary['config'].items()
           if k in ('strengths', 'crop') and v not in (None, '', []))}` — means over {summary['images']} images:
+
+{baseline_table(summary)}
+
+All metrics:
 
 {evaluation_table(summary)}
 
@@ -169,9 +218,11 @@ def main() -> None:
     parser.add_argument("--limits", default="Small and briefly trained: expect far weaker results than the "
                         "official models. The synthesized image of so short a GAN stage carries little real "
                         "detail; the fused output leans on the restored one.")
+    parser.add_argument("--history", default="", help="how this bundle came to be, where the config alone "
+                        "does not say (e.g. the earlier run its init_bundle came from)")
     args = parser.parse_args()
     print(write_card(args.bundle, args.config, args.data_manifest, args.tracking_uri, args.evaluation,
-                     args.limits))
+                     args.limits, args.history))
 
 
 if __name__ == "__main__":
