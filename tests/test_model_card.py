@@ -7,7 +7,8 @@ def summary(with_baselines: bool) -> dict:
     table = []
     for strength, values in ((15.0, (24.9, 30.1, 31.0, 30.5, 33.0)), (25.0, (20.6, 28.0, 29.0, 28.7, 31.5))):
         names = ("input", "restored", "fused", "wavelet", "bm3d") if with_baselines else ("input", "restored", "fused")
-        table += [{"strength": strength, "output": n, "psnr": v, "hf_distance": 1.0} for n, v in zip(names, values, strict=False)]
+        pairs = zip(names, values, strict=False)  # without baselines, the last two values go unused
+        table += [{"strength": strength, "output": n, "psnr": v, "hf_distance": 1.0} for n, v in pairs]
     comparisons = [{"strength": s, "restored_minus_input_psnr_db": 5.0, "fused_minus_restored_psnr_db": 1.0,
                     "restored_hf_distance": 2.0, "fused_hf_distance": 1.5, "fused_texture_closer_than_restored": True,
                     "best_blind_baseline": "wavelet" if with_baselines else None,
