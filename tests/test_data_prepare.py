@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from pipelines.cli import main as cli_main
-from pipelines.data.photo_sources import debian_licences
+from pipelines.data.photo_sources import PLASMA_PHOTOS, debian_licences, largest_landscape, plasma_licence
 from pipelines.data.prepare import SPLITS, split_of
 
 
@@ -58,3 +58,21 @@ License: GPL-2+
 """
     licences = debian_licences(text)
     assert licences["nature/A.jpg"] == licences["nature/B.jpg"] == "GPL-2+ (© 2008, Someone <a@b.c>)"
+
+
+def test_a_plasma_wallpaper_is_read_at_its_largest_landscape_size(tmp_path):
+    for name in ("640x480.jpg", "2560x1600.jpg", "1080x1920.png", "1920x1200.jpg", "preview.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert largest_landscape(tmp_path).name == "2560x1600.jpg"   # the portrait 1080x1920 is not a candidate
+
+
+def test_plasma_licence_names_the_licence_and_authors():
+    metadata = {"KPlugin": {"License": "CC-BY-SA-4.0", "Authors": [{"Name": "Nikita Babin"}]}}
+    assert plasma_licence(metadata) == "CC-BY-SA-4.0 (© Nikita Babin)"
+    assert plasma_licence({"KPlugin": {}}) == "see debian/copyright"
+
+
+def test_new_sources_only_add_to_the_test_split():
+    # The split is a hash of the name: adding plasma's photos leaves every earlier image's split as it was
+    # and puts two of them in test (Grey, Volna), so the fixed test split only grows.
+    assert sorted(n for n in PLASMA_PHOTOS if split_of(f"plasma/{n}", 0.1, 0.2) == "test") == ["Grey", "Volna"]

