@@ -4,6 +4,7 @@ page that shows each input beside its outputs with PSNR against the clean photo.
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,12 @@ def demo_photos(max_side: int = DEMO_MAX_SIDE):
 
 
 def prepare_inputs(out: Path, task: str) -> list[str]:
-    """Clean test-split photos and their degraded versions (seeded), side by side in `out`."""
+    """Clean test-split photos, their degraded versions (seeded) and what each blind classical baseline
+    makes of those very inputs, side by side in `out`."""
     import torch
 
-    from ugpnet.degradations import degrade, get_degradation, sample_seed
+    from ugpnet.baselines import run_baseline
+    from ugpnet.degradations import degrade_recorded, get_degradation, sample_seed
     from ugpnet.images import encode_image
 
     clean_dir, degraded_dir = out / "clean", out / "degraded"
@@ -58,16 +61,40 @@ def prepare_inputs(out: Path, task: str) -> list[str]:
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         h, w = (rgb.shape[0] // SIDE_MULTIPLE) * SIDE_MULTIPLE, (rgb.shape[1] // SIDE_MULTIPLE) * SIDE_MULTIPLE
         rgb = np.ascontiguousarray(rgb[:h, :w])
-        lq = degrade(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), degradation, sample_seed(2024, index))
+        lq, record = degrade_recorded(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), degradation,
+                                      sample_seed(2024, index))
+        lq = lq.permute(1, 2, 0).numpy()
         (clean_dir / f"{stem}.png").write_bytes(encode_image(rgb))
-        (degraded_dir / f"{stem}.png").write_bytes(encode_image(lq.permute(1, 2, 0).numpy()))
+        (degraded_dir / f"{stem}.png").write_bytes(encode_image(lq))
+        for baseline in demo_baselines(task):
+            folder = out / "baselines" / baseline_folder(baseline.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{stem}.png").write_bytes(encode_image(run_baseline(baseline, lq, record)))
         names.append(stem)
     return names
+
+
+def demo_baselines(task: str):
+    """The task's blind classical baselines whose optional packages are installed: what a user could run
+    instead of the model without knowing the degradation (the non-blind ones are in `ugpnet evaluate`)."""
+    from ugpnet.baselines import baselines_for, missing_modules
+
+    missing = set(missing_modules(task))
+    return [b for b in baselines_for(task) if b.blind and not missing.intersection(b.modules)]
+
+
+def baseline_folder(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
+
+
+BASELINES_NOTE = (" The classical columns are free filters run on the very same degraded inputs, blind (not told "
+                  "the degradation): what the model has to beat. `ugpnet evaluate` adds the non-blind ones.")
+NO_BASELINES_NOTE = " Classical baselines: not shown (pip install -e '.[baselines]' adds them)."
 
 
 def synthesized_note(model_ref: str) -> str:
@@ -81,7 +108,7 @@ def synthesized_note(model_ref: str) -> str:
     return note
 
 
-def write_page(out: Path, names: list[str], model_ref: str, summary) -> Path:
+def write_page(out: Path, names: list[str], model_ref: str, summary, baselines: tuple[str, ...] = ()) -> Path:
     from PIL import Image
 
     def pixels(path: Path, size=None):
@@ -94,6 +121,8 @@ def write_page(out: Path, names: list[str], model_ref: str, summary) -> Path:
         outputs = {"restored": out / "restored" / "_intermediate" / "restored" / f"{stem}.png",
                    "synthesized": out / "restored" / "_intermediate" / "synthesized" / f"{stem}.png",
                    "fused": out / "restored" / f"{stem}.png"}
+        outputs |= {f"{name} (classical)": out / "baselines" / baseline_folder(name) / f"{stem}.png"
+                    for name in baselines}
         clean = pixels(clean_path)
         size = (clean.shape[1], clean.shape[0])
         cells = [("degraded input", lq_path, psnr(pixels(lq_path, size), clean))]
@@ -108,27 +137,42 @@ def write_page(out: Path, names: list[str], model_ref: str, summary) -> Path:
 img{{max-width:300px}}</style>
 <h1>UGPNet demo: {html.escape(model_ref)}</h1>
 <p>{summary.ok} restored, {summary.errors} errors, {summary.images_per_s:.2f} images/s. PSNR against the clean
-photo. Columns: degraded input | restored (regression) | synthesized (generative prior) | fused (output) | clean.</p>
+photo. Columns: degraded input | restored (regression) | synthesized (generative prior) | fused (output) |
+{''.join(html.escape(name) + ' | ' for name in baselines)}clean.{BASELINES_NOTE if baselines else NO_BASELINES_NOTE}</p>
 <p>{html.escape(synthesized_note(model_ref))}</p>
 <table>{''.join(rows)}</table>
 """)
     return page
 
 
-def write_figure(out: Path, stem: str, crop: int = 224) -> Path:
-    """One strip for the README: degraded | restored | fused | clean, the same centre crop of each."""
+def write_figure(out: Path, stem: str, baselines: tuple[str, ...] = (), crop: int = 224) -> Path:
+    """One strip for the README: degraded | restored | fused | the best blind baseline on this image |
+    clean, the same centre crop of each, each labelled with its PSNR on the whole image."""
     from PIL import Image, ImageDraw
 
     panels = [("degraded", out / "degraded" / f"{stem}.png"),
               ("restored", out / "restored" / "_intermediate" / "restored" / f"{stem}.png"),
-              ("fused", out / "restored" / f"{stem}.png"), ("ground truth", out / "clean" / f"{stem}.png")]
-    clean = Image.open(panels[-1][1]).convert("RGB")
+              ("fused (ours)", out / "restored" / f"{stem}.png")]
+    clean_path = out / "clean" / f"{stem}.png"
+    clean = Image.open(clean_path).convert("RGB")
+    reference = np.asarray(clean)
+
+    def whole_psnr(path: Path) -> float:  # SR inputs are smaller: compared after a bicubic enlargement
+        return psnr(np.asarray(Image.open(path).convert("RGB").resize(clean.size, Image.BICUBIC)), reference)
+
+    scored = [(whole_psnr(path), name, path) for name in baselines
+              if (path := out / "baselines" / baseline_folder(name) / f"{stem}.png").exists()]
+    if scored:
+        _, name, path = max(scored)
+        panels.append((name, path))
+    labelled = [(f"{label} {whole_psnr(path):.2f} dB", path) for label, path in panels]
+    labelled.append(("ground truth", clean_path))
     side = min(crop, *clean.size)
     left, top = (clean.width - side) // 2, (clean.height - side) // 2
-    strip = Image.new("RGB", (len(panels) * (side + 4) - 4, side + 18), "white")
+    strip = Image.new("RGB", (len(labelled) * (side + 4) - 4, side + 18), "white")
     draw = ImageDraw.Draw(strip)
-    for i, (label, path) in enumerate(panels):
-        image = Image.open(path).convert("RGB").resize(clean.size, Image.BICUBIC)  # SR inputs are smaller
+    for i, (label, path) in enumerate(labelled):
+        image = Image.open(path).convert("RGB").resize(clean.size, Image.BICUBIC)
         strip.paste(image.crop((left, top, left + side, top + side)), (i * (side + 4), 18))
         draw.text((i * (side + 4) + 4, 3), label, fill="black")
     path = out / "figure.png"
@@ -144,9 +188,10 @@ def run_cli(args: DemoConfig) -> int:
     model = args.model or get_task(args.task).default_model
     summary = run(RestoreConfig(input=str(out / "degraded"), output=str(out / "restored"), model=model,
                                 fit=args.fit, save_intermediate=True, overwrite=True))
-    page = write_page(out, names, model, summary)
+    baselines = tuple(b.name for b in demo_baselines(args.task))
+    page = write_page(out, names, model, summary, baselines)
     if summary.errors == 0 and names:
-        write_figure(out, names[0])
+        write_figure(out, names[0], baselines)
     print(json.dumps({"restored": summary.ok, "errors": summary.errors, "page": str(page)}))
     print(f"open {page} to see the inputs beside the outputs")
     return 0 if summary.errors == 0 else 1

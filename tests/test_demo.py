@@ -35,12 +35,14 @@ def test_demo_restores_the_sample_photos_with_the_default_model(tmp_path, capsys
     assert len(rows) == len(names)
     gains = []
     for row in rows:
-        degraded, restored, _synthesized, fused = [float(v) for v in re.findall(r"— ([\d.]+) dB", row)]
+        degraded, restored, _synthesized, fused, *classical = [float(v) for v in re.findall(r"— ([\d.]+) dB", row)]
+        assert len(classical) == 2 and all(value > degraded for value in classical), row  # NLM and wavelet
         assert restored > degraded + 2 and fused > degraded + 2, row
         gains.append(fused - degraded)
     assert sum(gains) / len(gains) > 4, gains     # σ = 25: 6.6 dB on average when shipped
     assert (out / "figure.png").stat().st_size > 10_000
     assert synthesized_note("default:denoise") in page.replace("&#x27;", "'")  # the page says what that column is
+    assert "opencv nlm (classical)" in page and "wavelet BayesShrink (classical)" in page
 
 
 def test_the_synthesized_column_is_explained_and_the_defaults_weakness_named():
