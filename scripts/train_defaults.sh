@@ -23,6 +23,11 @@ train() {  # CONFIG LOG [ARGS...]: one `ugpnet train` round of a task
   .venv/bin/ugpnet train --config "$config" --data "$WORK/photos/train" --storage "$WORK/runs" \
     --tracking-uri "sqlite:///$WORK/mlflow.db" "$@" 2>&1 | tee "$log" | grep --line-buffered "^ugpnet train"
 }
+stop_ray_head() {  # `ray start --block` may outlive a TERM of its group by many seconds: then KILL it
+  kill -- -"$RAY_HEAD_PID" 2>/dev/null || return 0
+  for _ in $(seq 30); do kill -0 "$RAY_HEAD_PID" 2>/dev/null || return 0; sleep 1; done
+  kill -9 -- -"$RAY_HEAD_PID" 2>/dev/null || true
+}
 start_ray_head() {
   [ -z "${RAY_ADDRESS:-}" ] || return 0
   local port=6391 cpus=$(( $(nproc) + 1 ))
@@ -30,7 +35,7 @@ start_ray_head() {
     --node-ip-address 127.0.0.1 --include-dashboard=false --disable-usage-stats --temp-dir "/tmp/ugpnet-defaults-ray-$$" \
     > "$WORK/ray-head.log" 2>&1 &
   RAY_HEAD_PID=$!
-  trap 'kill -- -$RAY_HEAD_PID 2>/dev/null || true' EXIT
+  trap stop_ray_head EXIT
   export RAY_ADDRESS="127.0.0.1:$port" RAY_AUTH_MODE=disabled
   until .venv/bin/ray status --address "$RAY_ADDRESS" > /dev/null 2>&1; do
     kill -0 "$RAY_HEAD_PID" 2>/dev/null || { cat "$WORK/ray-head.log"; exit 1; }
