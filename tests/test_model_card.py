@@ -37,3 +37,24 @@ def test_the_curve_of_each_trained_stage_is_quoted_and_kept_stages_are_not():
     stages = {"restoration": {"curve": [(200, 27.98), (400, 28.51)]}, "synthesis": {"curve": [(50, 14.0)]}}
     text = curve_text(stages, ["restoration", "fusion"])
     assert text == "- restoration (val restored PSNR by step): 200: 27.98, 400: 28.51"
+
+
+def test_refreshing_the_evaluation_replaces_only_that_section(tmp_path):
+    import json
+
+    from pipelines.registry.model_card import refresh_evaluation
+
+    (tmp_path / "ugpnet.json").write_text(json.dumps({"task": "denoise", "preset": {"name": "small_denoise"}}))
+    training = "# Default model\n\n## Training\n\n| restoration | 2400 |\n\n"
+    old = "## Evaluation on the test split\n\nmeans over 8 images:\n\n| 25.0 | input | 20.0 |\n\n"
+    limits = "## Limits\n\nSmall.\n"
+    (tmp_path / "MODEL_CARD.md").write_text(training + old + limits)
+    evaluation = tmp_path / "summary.json"
+    evaluation.write_text(json.dumps({**summary(True), "images": 10,
+                                      "config": {"strengths": [15.0, 25.0], "crop": 256}}))
+    card = refresh_evaluation(tmp_path, evaluation, "Re-evaluated on a larger test split.").read_text()
+    assert card.startswith(training) and card.endswith(limits)
+    assert "means over 8 images" not in card and "| 25.0 | input | 20.0 |" not in card
+    assert "## Evaluation on the test split\n\nRe-evaluated on a larger test split.\n\n" in card
+    assert "means over 10 images" in card and "--strengths [15.0, 25.0] --crop 256" in card
+    assert "| 25.0 | 20.60 | 28.00 | 29.00 | 28.70 | 31.50 |" in card

@@ -114,8 +114,51 @@ def warm_start(stage: dict) -> str:
     return "previous stage"
 
 
+EVALUATION_HEADING = "## Evaluation on the test split"
+
+
+def evaluation_section(summary: dict, default_model: str, task: str) -> str:
+    """The card's evaluation section, from an evaluation report's summary.json (up to `## Limits`)."""
+    return f"""## Evaluation on the test split
+
+`ugpnet evaluate --model {default_model} --data <prepared>/test --task {task}
+{' '.join(f'--{k.replace("_", "-")} {v}' for k, v in summary['config'].items()
+          if k in ('strengths', 'crop') and v not in (None, '', []))}` — means over {summary['images']} images:
+
+{baseline_table(summary)}
+
+All metrics:
+
+{evaluation_table(summary)}
+
+{comparison_lines(summary)}
+
+hf_distance = |log2(high-frequency energy of the output / that of the ground truth)|: 0 means the
+output has the ground truth's amount of fine texture. GMSD: gradient-magnitude similarity deviation
+(lower is better).
+
+"""
+
+
+def refresh_evaluation(bundle: Path, evaluation: Path, note: str = "") -> Path:
+    """Replace the evaluation section of an existing card by one from a newer evaluation of the same
+    bundle (a larger test split, new baselines) while the training sections, whose MLflow records may be
+    gone, stay as they were written."""
+    path = bundle / "MODEL_CARD.md"
+    card = path.read_text()
+    start, end = card.index(EVALUATION_HEADING), card.index("## Limits")
+    bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
+    task = bundle_config["task"]
+    summary = json.loads(evaluation.read_text())
+    section = evaluation_section(summary, get_task(task).default_model, task)
+    if note:
+        section = section.replace("\n\n", f"\n\n{note}\n\n", 1)
+    path.write_text(card[:start] + section + card[end:])
+    return path
+
+
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
-               limits: str, history: str = "") -> Path:
+               limits: str, history: str = "", sources: str = "installed,kodak,mate,plasma") -> Path:
     config = yaml.safe_load(config_path.read_text())
     bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
     manifest = json.loads(manifest_path.read_text())
@@ -146,7 +189,7 @@ Weights: `model.safetensors`, {size_mb:.1f} MB; `ugpnet.json` holds the preset a
 
 ## Data
 
-- Training: the `train` split of `ugpnet data prepare --sources installed,kodak,mate` — {len(train)} photos
+- Training: the `train` split of `ugpnet data prepare --sources {sources}` — {len(train)} photos
   ({', '.join(f'{n} from {p}' for p, n in sorted(packages.items()))}), random {resolution} px crops
   with flips; licences: {'; '.join(licences)}. Sources, paths and the licence of every image are in
   the data manifest (`ugpnet/defaults/data-manifest.json`, a copy of `manifest.json`).
@@ -181,25 +224,7 @@ Validation PSNR (dB) at the end of each stage (held-out crops, training degradat
 |---|---|---|---|---|
 {validation}
 
-## Evaluation on the test split
-
-`ugpnet evaluate --model {default_model} --data <prepared>/test --task {config['task']}
-{' '.join(f'--{k.replace("_", "-")} {v}' for k, v in summary['config'].items()
-          if k in ('strengths', 'crop') and v not in (None, '', []))}` — means over {summary['images']} images:
-
-{baseline_table(summary)}
-
-All metrics:
-
-{evaluation_table(summary)}
-
-{comparison_lines(summary)}
-
-hf_distance = |log2(high-frequency energy of the output / that of the ground truth)|: 0 means the
-output has the ground truth's amount of fine texture. GMSD: gradient-magnitude similarity deviation
-(lower is better).
-
-## Limits
+{evaluation_section(summary, default_model, config['task'])}## Limits
 
 {limits}
 """
@@ -211,18 +236,29 @@ output has the ground truth's amount of fine texture. GMSD: gradient-magnitude s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--data-manifest", type=Path, required=True)
-    parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--evaluation", type=Path, required=True)
+    parser.add_argument("--refresh-evaluation", action="store_true",
+                        help="only replace the existing card's evaluation section (the bundle is unchanged)")
+    parser.add_argument("--refresh-note", default="", help="with --refresh-evaluation: a line saying when and why")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--data-manifest", type=Path)
+    parser.add_argument("--sources", default="installed,kodak,mate,plasma",
+                        help="the `ugpnet data prepare --sources` the data manifest came from")
+    parser.add_argument("--tracking-uri")
     parser.add_argument("--limits", default="Small and briefly trained: expect far weaker results than the "
                         "official models. The synthesized image of so short a GAN stage carries little real "
                         "detail; the fused output leans on the restored one.")
     parser.add_argument("--history", default="", help="how this bundle came to be, where the config alone "
                         "does not say (e.g. the earlier run its init_bundle came from)")
     args = parser.parse_args()
+    if args.refresh_evaluation:
+        print(refresh_evaluation(args.bundle, args.evaluation, args.refresh_note))
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in ("config", "data_manifest", "tracking_uri") if not getattr(args, n)]
+    if missing:
+        parser.error(f"writing a card needs {', '.join(missing)} (or --refresh-evaluation)")
     print(write_card(args.bundle, args.config, args.data_manifest, args.tracking_uri, args.evaluation,
-                     args.limits, args.history))
+                     args.limits, args.history, args.sources))
 
 
 if __name__ == "__main__":
