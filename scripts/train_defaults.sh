@@ -4,8 +4,8 @@
 # writes its MODEL_CARD.md. Usage: bash scripts/train_defaults.sh [TASK ...]
 # Work files (photos, checkpoints, MLflow sqlite database, reports) go to $UGPNET_DEFAULTS_WORK (default
 # ./.defaults-work); re-running resumes unfinished stages of the same run names.
-# A task with infra/configs/defaults/<task>-continue.yaml gets a second round: that config, started from
-# the first round's bundle (init_bundle); its bundle is the one shipped. The second round runs on a local
+# A task with infra/configs/defaults/<task>-continue*.yaml gets further rounds: each config, started from
+# the previous round's bundle (init_bundle); the last round's bundle is the one shipped. These rounds run on a local
 # Ray head this script starts with one logical CPU more than the cores, so that a worker with two torch
 # threads leaves a CPU to the data pipeline; the script stops that head (by its process group) on exit.
 set -euo pipefail
@@ -17,7 +17,7 @@ TASKS=("$@")  # default: every task of ugpnet/tasks.py
 export RAY_DATA_DISABLE_PROGRESS_BARS=1
 mkdir -p "$WORK"
 [ -f "$WORK/photos/manifest.json" ] || \
-  .venv/bin/ugpnet data prepare --dest "$WORK/photos" --sources installed,kodak,mate --cache "$WORK/cache"
+  .venv/bin/ugpnet data prepare --dest "$WORK/photos" --sources installed,kodak,mate,plasma --cache "$WORK/cache"
 train() {  # CONFIG LOG [ARGS...]: one `ugpnet train` round of a task
   local config=$1 log=$2; shift 2
   .venv/bin/ugpnet train --config "$config" --data "$WORK/photos/train" --storage "$WORK/runs" \
@@ -46,13 +46,17 @@ for task in ${TASKS[*]}; do
   start=$(date +%s)
   train "infra/configs/defaults/$task.yaml" "$WORK/train-$task.log"
   final="$WORK/runs/default-$task/bundles/fusion" card_config="infra/configs/defaults/$task.yaml" history=""
-  continue_config="infra/configs/defaults/$task-continue.yaml"
-  if [ -f "$continue_config" ]; then
+  round=1
+  # Further rounds, in file-name order (denoise-continue.yaml, denoise-continue2.yaml, ...), each from the
+  # bundle of the round before.
+  for continue_config in $(ls infra/configs/defaults/"$task"-continue*.yaml 2>/dev/null | LC_ALL=C sort || true); do
     start_ray_head
-    train "$continue_config" "$WORK/train-$task-continue.log" --set "init_bundle=$final"
-    final="$WORK/runs/default-$task-continue/bundles/fusion" card_config="$continue_config"
-    history="Second round: started from the first round's bundle (\`infra/configs/defaults/$task.yaml\`)."
-  fi
+    round=$(( round + 1 ))
+    name=$(basename "$continue_config" .yaml)
+    train "$continue_config" "$WORK/train-$name.log" --set "init_bundle=$final"
+    history="Round $round of $round: started from round $(( round - 1 ))'s bundle (\`$card_config\`)."
+    final="$WORK/runs/default-$name/bundles/fusion" card_config="$continue_config"
+  done
   seconds=$(( $(date +%s) - start ))
   echo "train_defaults: $task trained in $seconds s"
   rm -rf "ugpnet/defaults/$task"
