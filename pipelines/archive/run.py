@@ -211,7 +211,9 @@ def run(config: ArchiveConfig, hook=None) -> ArchiveSummary:
         finally:
             lease.stop_heartbeat()  # no interrupt can be requested after this
             lease.release()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, LeaseLost):
+        # The heartbeat marks the lease lost before it interrupts this thread, so the run may meet the loss
+        # at its own next check (renew, check, commit) first: either way it stopped early, and says so.
         if lease.lost is None:
             raise
         raise LeaseLost(f"{lease.lost}; the run stopped early") from None
