@@ -115,11 +115,13 @@ def warm_start(stage: dict) -> str:
 
 
 EVALUATION_HEADING = "## Evaluation on the test split"
+LIMITS_HEADING = "## Limits"  # the section after the evaluation: where refresh_evaluation stops
+DATA_SOURCES = "installed,kodak,mate,plasma"  # what scripts/train_defaults.sh prepares
 
 
 def evaluation_section(summary: dict, default_model: str, task: str) -> str:
     """The card's evaluation section, from an evaluation report's summary.json (up to `## Limits`)."""
-    return f"""## Evaluation on the test split
+    return f"""{EVALUATION_HEADING}
 
 `ugpnet evaluate --model {default_model} --data <prepared>/test --task {task}
 {' '.join(f'--{k.replace("_", "-")} {v}' for k, v in summary['config'].items()
@@ -146,7 +148,7 @@ def refresh_evaluation(bundle: Path, evaluation: Path, note: str = "") -> Path:
     gone, stay as they were written."""
     path = bundle / "MODEL_CARD.md"
     card = path.read_text()
-    start, end = card.index(EVALUATION_HEADING), card.index("## Limits")
+    start, end = card.index(EVALUATION_HEADING), card.index(LIMITS_HEADING)
     bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
     task = bundle_config["task"]
     summary = json.loads(evaluation.read_text())
@@ -158,7 +160,7 @@ def refresh_evaluation(bundle: Path, evaluation: Path, note: str = "") -> Path:
 
 
 def write_card(bundle: Path, config_path: Path, manifest_path: Path, tracking_uri: str, evaluation: Path,
-               limits: str, history: str = "", sources: str = "installed,kodak,mate,plasma") -> Path:
+               limits: str, history: str = "", sources: str = DATA_SOURCES) -> Path:
     config = yaml.safe_load(config_path.read_text())
     bundle_config = json.loads((bundle / CONFIG_FILE).read_text())
     manifest = json.loads(manifest_path.read_text())
@@ -224,7 +226,7 @@ Validation PSNR (dB) at the end of each stage (held-out crops, training degradat
 |---|---|---|---|---|
 {validation}
 
-{evaluation_section(summary, default_model, config['task'])}## Limits
+{evaluation_section(summary, default_model, config['task'])}{LIMITS_HEADING}
 
 {limits}
 """
@@ -242,7 +244,7 @@ def main() -> None:
     parser.add_argument("--refresh-note", default="", help="with --refresh-evaluation: a line saying when and why")
     parser.add_argument("--config", type=Path)
     parser.add_argument("--data-manifest", type=Path)
-    parser.add_argument("--sources", default="installed,kodak,mate,plasma",
+    parser.add_argument("--sources", default=DATA_SOURCES,
                         help="the `ugpnet data prepare --sources` the data manifest came from")
     parser.add_argument("--tracking-uri")
     parser.add_argument("--limits", default="Small and briefly trained: expect far weaker results than the "
