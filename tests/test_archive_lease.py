@@ -5,6 +5,7 @@ state files `keep_versions` keeps. Local folders and the real moto S3 server; no
 import contextlib
 import json
 import os
+import pickle
 import socket
 import threading
 import time
@@ -59,6 +60,21 @@ def test_lease_refuses_a_live_holder_and_allows_takeover_after_expiry(tmp_path):
     assert store.read_json("lease.json")["owner"] == "host-b:2:second"
     second.release()
     assert store.read_json("lease.json") is None
+
+
+def test_the_fence_passes_only_while_the_lease_holds_this_runs_token(store):
+    """What the restore's tasks ask (pipelines/restore/fence.py): the lease file itself, read at once,
+    not the heartbeat's view; a renewal by the holder leaves its fence passing."""
+    lease = Lease(store, "host-a:1:a", ttl_s=60)
+    fence = lease.fence()
+    assert "was removed" in fence()  # no lease yet
+    lease.acquire()
+    assert fence() is None
+    lease.renew()
+    assert fence() is None and pickle.loads(pickle.dumps(fence))() is None  # it travels to Ray tasks
+    store.write_json("lease.json", {"owner": "host-b:2:b", "token": "other", "ttl_s": 60})
+    assert "no longer this run's (held by host-b:2:b" in fence()
+    assert lease.lost is None  # reading changes nothing: the heartbeat and renewals decide that
 
 
 def test_two_runs_that_both_saw_no_lease_never_both_hold_it(store):

@@ -2,16 +2,19 @@
 then refuse to commit, while the run that took the lease over restored the same objects. Whole archive
 runs on local folders with this module's 2-CPU Ray."""
 
+import functools
 import threading
 
+import pyarrow.dataset as pads
 import pytest
 from restore_samples import photo
 from services import wait_for
 
-from pipelines.archive.lease import LeaseLost
+from pipelines.archive.lease import LeaseLost, lease_refusal
 from pipelines.archive.run import ArchiveConfig, run
 from pipelines.archive.state import StateStore
 from pipelines.common import storage
+from pipelines.restore import run as restore
 
 pytest_plugins = ["services"]
 
@@ -50,10 +53,12 @@ def test_a_lease_lost_before_restoring_stops_the_run_there(tmp_path, ray_session
 
 
 def test_a_lease_lost_while_restoring_stops_the_restore(tmp_path, ray_session):
-    """The heartbeat finds the lease taken over while the restore runs and stops it (the run's thread is
-    interrupted): most of the plan is left for the run that holds the lease now."""
+    """A lease taken over while the restore runs stops it: most of the plan is left for the run that holds
+    the lease now. The restore's tasks find the takeover in the lease file (its fence) at their next block,
+    long before the heartbeat (every 200 s here) would notice and interrupt the run: this used to depend on
+    the heartbeat coming before the restore's end, and failed when the restore was the faster."""
     count = 40
-    config, store = archive(tmp_path, count, lease_ttl_s=6.0)  # renewed every 2 s
+    config, store = archive(tmp_path, count, lease_ttl_s=600.0)
 
     def taker():
         wait_for(lambda: restored(tmp_path), timeout_s=300, interval_s=0.05, what="the first output")
@@ -69,3 +74,23 @@ def test_a_lease_lost_while_restoring_stops_the_restore(tmp_path, ray_session):
         run(config, hook=hook)
     thread.join(timeout=10)
     assert 1 <= len(restored(tmp_path)) < count and store.head() is None
+
+
+@pytest.mark.parametrize("lease_file, reason", [
+    ('{"owner": "host-b:9:taker", "token": "t", "ttl_s": 60}', "no longer this run's (held by host-b:9:taker"),
+    ("{not json", "the fence check failed"),  # a check that cannot tell refuses
+])
+def test_a_restore_whose_fence_refuses_does_no_work_and_says_why(tmp_path, ray_session, lease_file, reason):
+    source = tmp_path / "in"
+    source.mkdir()
+    for index in range(3):
+        (source / f"{index}.png").write_bytes(photo(40, 32, seed=index, fmt="PNG"))
+    (tmp_path / "lease.json").write_text(lease_file)
+    fence = functools.partial(lease_refusal, storage.resolve(str(tmp_path / "lease.json")), "this-runs-token")
+    summary = restore.run(restore.RestoreConfig(input=str(source), output=str(tmp_path / "out"),
+                                                model="preset:tiny_denoise", run_id="fenced"), fence=fence)
+    assert (summary.ok, summary.errors, summary.exit_status != 0) == (0, 3, True)
+    rows = pads.dataset(summary.manifest, format="parquet").to_table().to_pylist()
+    assert {row["error_kind"] for row in rows} == {"fenced"}
+    assert all(row["error"].startswith("fence: ") and reason in row["error"] for row in rows)
+    assert sorted(path.name for path in (tmp_path / "out").rglob("*.png")) == []  # nothing written

@@ -10,6 +10,7 @@ passed (by its monotonic clock) since its last confirmed renewal was sent: from 
 have taken it over, so it stops, even while a renewal request is still hanging in retries.
 """
 
+import functools
 import json
 import os
 import socket
@@ -109,6 +110,11 @@ class Lease:
                 raise self.lost from err
             self.deadline = sent + self.ttl_s
 
+    def fence(self) -> Callable[[], str | None]:
+        """A picklable check for the restore's tasks (pipelines/restore/fence.py): None while lease.json
+        still holds this run's token. It only reads: renewing stays this process's heartbeat's job."""
+        return functools.partial(lease_refusal, self.location, self.token)
+
     def check(self) -> None:
         """Between blocks of work: LeaseLost if the lease was found lost or could not be renewed in time
         (another run may have taken it over and be working now)."""
@@ -176,6 +182,17 @@ class Lease:
             self._stop.set()
         for thread in self._threads:
             thread.join(timeout=1.0)  # a renewal still hanging ends on its own (daemon); release waits for it
+
+
+def lease_refusal(location: storage.Location, token: str) -> str | None:
+    """None if the lease at `location` carries `token`; otherwise why the run holding `token` must stop."""
+    snapshot = conditional_writes.read(location)
+    if snapshot is None:
+        return f"the lease {location.uri} was removed"
+    record = parse_record(snapshot.data, location.uri)
+    if record.get("token") == token:
+        return None
+    return f"the lease {location.uri} is no longer this run's ({describe(record, snapshot.age_s)})"
 
 
 def expired(lease: dict, age_s: float) -> bool:

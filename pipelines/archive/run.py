@@ -251,12 +251,13 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
             archive_plan.prepare_outputs(plan, store, base_version, model.model_version, restore_config, run_id)
             _checkpoint("invalidated", hook)
             lease.renew()
-            outcomes, summary.restore_exit_status, summary.stages = _process(restore_config, model, plan)
+            outcomes, summary.restore_exit_status, summary.stages = _process(restore_config, model, plan,
+                                                                             lease.fence())
         _checkpoint("processed", hook)
         if not plan.selected and not summary.deleted:
             summary.message = f"nothing new or changed under {source.uri} (version {base_version} stays)"
             return summary
-        lease.check()
+        lease.renew()  # a takeover the restore's fence met is found here at once, not at the next heartbeat
         record = archive_plan.write_version(plan, outcomes, store, base_version, run_id, model, config, summary,
                                             scratch)
         _checkpoint("before-commit", hook)
@@ -270,14 +271,14 @@ def _run_holding_lease(config, run_id, source, dest, store, lease, model, hook) 
     return summary
 
 
-def _process(restore_config: RestoreConfig, model, plan) -> tuple[dict[str, dict], int, dict]:
-    """Run the restore flow on the plan; returns {input uri: manifest row}, restore's exit status and
-    its per-stage figures."""
+def _process(restore_config: RestoreConfig, model, plan, fence) -> tuple[dict[str, dict], int, dict]:
+    """Run the restore flow on the plan, its tasks fenced by the lease (they stop working and writing once
+    it is taken over); returns {input uri: manifest row}, restore's exit status and its per-stage figures."""
     import pyarrow.dataset as pads
 
     from pipelines.restore import run as restore
 
-    result = restore.run(restore_config)
+    result = restore.run(restore_config, fence=fence)
     if result.model.get("version") != model.model_version:
         raise RuntimeError(f"restore used model {result.model.get('version')}, the archive planned with "
                            f"{model.model_version}")

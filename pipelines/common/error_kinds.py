@@ -13,6 +13,7 @@ import re
 MISSING, CORRUPT, SIZE, NAME, COLLISION = "missing", "corrupt", "size", "name", "collision"
 ACCESS_DENIED, THROTTLED, NETWORK, SERVER, STORAGE = "access_denied", "throttled", "network", "server", "storage"
 MODEL, ENCODE, WRITE, INTERNAL = "model", "encode", "write", "internal"
+FENCED = "fenced"  # not done: the run lost the lease it worked under (pipelines/restore/fence.py)
 INPUT_KINDS = frozenset({MISSING, CORRUPT, SIZE, NAME, COLLISION})  # SIZE: refused by the fit or pixel limits
 
 # pyarrow reports S3 failures as OSError("AWS Error <CODE> during <Op> operation: ...").
@@ -67,7 +68,7 @@ def kind_of_stage(error_text: str) -> str:
     # "manifest": an entry the manifest policy refuses (a local path or another bucket named by a
     # manifest on S3) is that entry's own fault, like a name that cannot be used, until the manifest changes.
     return {"decode": CORRUPT, "fit": SIZE, "name": NAME, "manifest": NAME, "collision": COLLISION,
-            "encode": ENCODE, "write": WRITE, "read": STORAGE}.get(stage, INTERNAL)
+            "encode": ENCODE, "write": WRITE, "read": STORAGE, "fence": FENCED}.get(stage, INTERNAL)
 
 
 def is_input_error(kind: str | None) -> bool:

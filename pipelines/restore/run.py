@@ -214,10 +214,13 @@ class RunSummary:
 
 # ---------------------------------------------------------------- the run
 
-def run(config: RestoreConfig) -> RunSummary:
-    """Validate, plan on the driver, stream the inputs through Ray Data, write the summary."""
+def run(config: RestoreConfig, fence=None) -> RunSummary:
+    """Validate, plan on the driver, stream the inputs through Ray Data, write the summary.
+    `fence`: a picklable callable, None while the run may work, else why not (pipelines/restore/fence.py;
+    the archive passes its lease's)."""
     from pipelines.common.models import ModelRefError, load_payload, resolve_model
     from pipelines.restore.inputs import InputError, list_inputs, plan_rows
+    from pipelines.restore.fence import start_fence
     from pipelines.restore.lost import record_lost_rows
     from pipelines.restore.throughput import stage_figures
 
@@ -263,7 +266,8 @@ def run(config: RestoreConfig) -> RunSummary:
             memory = _plan_memory(rows, config, model, s3)
             check_resources(config, memory.actor)
             payload_ref = ray.put(load_payload(model))
-            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory)
+            _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory,
+                     start_fence(fence) if fence is not None else None)
             record_lost_rows(rows, manifest_dir, output, run_id=run_id, model_ref=config.model,
                              model_version=model.model_version, attempts=1 + MODEL_TASK_RETRIES)
         finally:
@@ -358,7 +362,7 @@ def _plan_memory(rows, config: RestoreConfig, model, s3):
         actors=actors, budget=budget, node_memory=node_memory, s3=s3, stages=config.stages)
 
 
-def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory) -> None:
+def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir, memory, fence) -> None:
     import ray
 
     from pipelines.restore.stages import StageSettings
@@ -368,7 +372,7 @@ def _execute(rows, config, model, payload_ref, run_id, output, s3, manifest_dir,
         input_size=model.input_size, scale=model.scale, fit=config.fit, tile_overlap=config.tile_overlap,
         max_pixels=config.max_pixels, max_output_pixels=config.max_output_pixels, ext=config.ext,
         quality=config.quality, save_intermediate=config.save_intermediate, transport=config.transport,
-        stages=config.stages, strip_metadata=config.strip_metadata)
+        stages=config.stages, strip_metadata=config.strip_metadata, fence=fence)
     # A block still failing after its retries is carried past, not the run's end: its rows get
     # their error rows afterwards (pipelines/restore/lost.py).
     context = ray.data.DataContext.get_current().copy()

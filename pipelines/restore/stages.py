@@ -38,7 +38,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.common import fault_hooks, storage
-from pipelines.common.error_kinds import CORRUPT, ENCODE, SIZE, WRITE, classify_read_error, error_text, kind_of_stage
+from pipelines.common.error_kinds import (CORRUPT, ENCODE, FENCED, SIZE, WRITE, classify_read_error, error_text,
+                                          kind_of_stage)
+from pipelines.restore.fence import FENCE_STAGE, Fence
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
 MODULES = ("restoration", "synthesis", "fusion")
@@ -97,6 +99,7 @@ class StageSettings:
     transport: str = "compact"  # one of TRANSPORTS
     stages: str = "fused"  # fused: the rows carry the canvas; split: its tiles (see the module docstring)
     strip_metadata: bool = False  # True: outputs get no ICC profile and no EXIF
+    fence: Fence | None = None  # asked before a block's reads and writes (pipelines/restore/fence.py)
 
 
 # ---------------------------------------------------------------- read, decode, fit (CPU task)
@@ -108,6 +111,7 @@ def read_decode_fit(batch: dict, settings: StageSettings) -> dict:
     rows = _rows(batch)
     if not rows:
         return batch
+    _apply_fence(rows, settings)
     pending = [i for i, row in enumerate(rows) if row["status"] == PENDING]
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(pending)))) as pool:
         reads = dict(zip(pending, pool.map(lambda i: _timed_read(rows[i]["input_uri"], settings.s3), pending),
@@ -501,6 +505,7 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
     if not rows:
         return MANIFEST_SCHEMA.empty_table()
     columns = {field.name: [] for field in MANIFEST_SCHEMA}
+    _apply_fence(rows, settings)
     for index, row in enumerate(rows):
         record = {"out_width": None, "out_height": None, "bytes_out": None, "encode_ms": None, "write_ms": None}
         output = settings.output_root.child(row["output_rel"]) if row["output_rel"] else None
@@ -537,6 +542,18 @@ def encode_and_write(batch: dict, settings: StageSettings) -> pa.Table:
         for name in columns:
             columns[name].append(values.get(name))
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
+
+
+def _apply_fence(rows: list[dict], settings: StageSettings) -> None:
+    """A run whose fence refuses does no more work: the block's pending rows become `fenced` errors."""
+    if settings.fence is None or not any(row["status"] == PENDING for row in rows):
+        return
+    reason = settings.fence.refusal()
+    if reason is None:
+        return
+    for row in rows:
+        if row["status"] == PENDING:
+            row["status"], row["error"], row["error_kind"] = ERROR, f"{FENCE_STAGE}: {reason}", FENCED
 
 
 def _tile_count(plan_json: str) -> int:
