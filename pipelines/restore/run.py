@@ -219,8 +219,8 @@ def run(config: RestoreConfig, fence=None) -> RunSummary:
     `fence`: a picklable callable, None while the run may work, else why not (pipelines/restore/fence.py;
     the archive passes its lease's)."""
     from pipelines.common.models import ModelRefError, load_payload, resolve_model
-    from pipelines.restore.inputs import InputError, list_inputs, plan_rows
     from pipelines.restore.fence import start_fence
+    from pipelines.restore.inputs import InputError, list_inputs, plan_rows
     from pipelines.restore.lost import record_lost_rows
     from pipelines.restore.throughput import stage_figures
 

@@ -38,8 +38,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.common import fault_hooks, storage
-from pipelines.common.error_kinds import (CORRUPT, ENCODE, FENCED, SIZE, WRITE, classify_read_error, error_text,
-                                          kind_of_stage)
+from pipelines.common.error_kinds import (
+    CORRUPT,
+    ENCODE,
+    FENCED,
+    SIZE,
+    WRITE,
+    classify_read_error,
+    error_text,
+    kind_of_stage,
+)
 from pipelines.restore.fence import FENCE_STAGE, Fence
 
 PENDING, OK, ERROR, SKIPPED = "pending", "ok", "error", "skipped"
