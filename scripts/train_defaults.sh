@@ -23,6 +23,9 @@ train() {  # CONFIG LOG [ARGS...]: one `ugpnet train` round of a task
   .venv/bin/ugpnet train --config "$config" --data "$WORK/photos/train" --storage "$WORK/runs" \
     --tracking-uri "sqlite:///$WORK/mlflow.db" "$@" 2>&1 | tee "$log" | grep --line-buffered "^ugpnet train"
 }
+run_name() {  # CONFIG: the run (and bundle folder) name a config trains under
+  .venv/bin/python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["run_name"])' "$1"
+}
 stop_ray_head() {  # `ray start --block` may outlive a TERM of its group by many seconds: then KILL it
   kill -- -"$RAY_HEAD_PID" 2>/dev/null || return 0
   for _ in $(seq 30); do kill -0 "$RAY_HEAD_PID" 2>/dev/null || return 0; sleep 1; done
@@ -45,7 +48,8 @@ start_ray_head() {
 for task in ${TASKS[*]}; do
   start=$(date +%s)
   train "infra/configs/defaults/$task.yaml" "$WORK/train-$task.log"
-  final="$WORK/runs/default-$task/bundles/fusion" card_config="infra/configs/defaults/$task.yaml" history=""
+  final="$WORK/runs/$(run_name "infra/configs/defaults/$task.yaml")/bundles/fusion"
+  card_config="infra/configs/defaults/$task.yaml" history=""
   round=1
   # Further rounds, in file-name order (denoise-continue.yaml, denoise-continue2.yaml, ...), each from the
   # bundle of the round before.
@@ -55,7 +59,7 @@ for task in ${TASKS[*]}; do
     name=$(basename "$continue_config" .yaml)
     train "$continue_config" "$WORK/train-$name.log" --set "init_bundle=$final"
     history="Round $round of $round: started from round $(( round - 1 ))'s bundle (\`$card_config\`)."
-    final="$WORK/runs/default-$name/bundles/fusion" card_config="$continue_config"
+    final="$WORK/runs/$(run_name "$continue_config")/bundles/fusion" card_config="$continue_config"
   done
   seconds=$(( $(date +%s) - start ))
   echo "train_defaults: $task trained in $seconds s"
