@@ -64,10 +64,7 @@ class Lease:
         return self.store.location(LEASE_FILE)
 
     def read(self) -> tuple[dict | None, conditional_writes.Snapshot | None]:
-        snapshot = conditional_writes.read(self.location)
-        if snapshot is None:
-            return None, None
-        return parse_record(snapshot.data, self.location.uri), snapshot
+        return read_lease(self.location)
 
     def _record(self) -> bytes:
         now = time.time()
@@ -184,12 +181,19 @@ class Lease:
             thread.join(timeout=1.0)  # a renewal still hanging ends on its own (daemon); release waits for it
 
 
-def lease_refusal(location: storage.Location, token: str) -> str | None:
-    """None if the lease at `location` carries `token`; otherwise why the run holding `token` must stop."""
+def read_lease(location: storage.Location) -> tuple[dict | None, conditional_writes.Snapshot | None]:
+    """The lease record and its snapshot (etag, age by the store's clock); (None, None) when absent."""
     snapshot = conditional_writes.read(location)
     if snapshot is None:
+        return None, None
+    return parse_record(snapshot.data, location.uri), snapshot
+
+
+def lease_refusal(location: storage.Location, token: str) -> str | None:
+    """None if the lease at `location` carries `token`; otherwise why the run holding `token` must stop."""
+    record, snapshot = read_lease(location)
+    if snapshot is None:
         return f"the lease {location.uri} was removed"
-    record = parse_record(snapshot.data, location.uri)
     if record.get("token") == token:
         return None
     return f"the lease {location.uri} is no longer this run's ({describe(record, snapshot.age_s)})"

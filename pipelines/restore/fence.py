@@ -61,4 +61,3 @@ def start_fence(check: Callable[[], str | None]) -> Fence:
     keeper = ray.remote(FenceKeeper).options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(check)
     return Fence(keeper)
-
