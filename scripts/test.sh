@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check ugpnet pipelines tests bench
-exec .venv/bin/python -m pytest -q -ra "$@"
+# --durations: the slowest tests are listed at the end, so a run that grows towards CI's 90 minutes shows why.
+exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"
