@@ -56,7 +56,9 @@ def test_training_epoch_is_a_few_large_blocks_reordered_on_every_pass(ray_sessio
     from pipelines.train.data import ROWS_PER_BLOCK, train_dataset
 
     uris = constant_photos(tmp_path, 8)
-    dataset = train_dataset(uris, 16, NAMED_DEGRADATIONS["denoise_sigma25"], samples_per_epoch=256)
+    dataset = train_dataset(uris, 16, NAMED_DEGRADATIONS["denoise_sigma25"], samples_per_epoch=256, max_tasks=2)
+    # Ray Data shows a map's concurrency cap only on its logical operator.
+    assert dataset._logical_plan.dag.compute.size == 2
     passes = []
     for _ in range(2):
         rows = list(dataset.iter_rows())
@@ -65,3 +67,13 @@ def test_training_epoch_is_a_few_large_blocks_reordered_on_every_pass(ray_sessio
     assert sorted(passes[0]) == sorted(passes[1]) == sorted(list(range(8)) * 32)  # every image equally often
     assert passes[0] != passes[1]  # 16 blocks in a new order each pass: equal by chance with p = 1/16!
     assert dataset.materialize().num_blocks() == 256 // ROWS_PER_BLOCK
+
+
+def test_data_tasks_run_one_per_cpu_the_train_workers_leave_free():
+    from pipelines.train.data import data_task_limit
+
+    assert data_task_limit(2, 1) == 1          # this machine's bench: 2 CPUs, one 1-CPU worker
+    assert data_task_limit(3, 2) == 1          # the defaults' head (--num-cpus 3), one 2-CPU worker
+    assert data_task_limit(2, 2 * 0.75) == 1   # half a CPU free still runs one task
+    assert data_task_limit(16, 2 * 4) == 8
+    assert data_task_limit(4, 8) == 1          # more reserved than the cluster has (autoscaling): one

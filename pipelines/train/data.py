@@ -130,11 +130,13 @@ def validation_pairs(uris: list[str], size: int, degradation: Degradation, limit
 ROWS_PER_BLOCK = 16
 
 
-def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_per_epoch: int):
+def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_per_epoch: int,
+                  max_tasks: int | None = None):
     """An epoch of `samples_per_epoch` random crops, cycling through the images (a small folder
     still gives every worker full batches; each pass draws new crops and degradations). The rows
     are shuffled once here and the blocks again on every pass (randomize_block_order): the rows are
-    only image URIs, so a row-level all-to-all shuffle each pass buys little and costs many tasks."""
+    only image URIs, so a row-level all-to-all shuffle each pass buys little and costs many tasks.
+    `max_tasks`: at most that many data tasks at once (see data_task_limit)."""
     import ray
 
     items = [{"uri": uris[i % len(uris)]} for i in range(max(samples_per_epoch, len(uris)))]
@@ -142,5 +144,15 @@ def train_dataset(uris: list[str], size: int, degradation: Degradation, samples_
     blocks = max(1, -(-len(items) // ROWS_PER_BLOCK))
     # Fractional CPUs (Ray Data gives its tasks 1 CPU by default): on a small node whole-CPU data
     # tasks starve beside the train workers (2 workers × 0.75 CPU on a 2-CPU node left 0.5 CPU).
+    compute = ray.data.TaskPoolStrategy(size=max_tasks) if max_tasks else None
     return ray.data.from_items(items, override_num_blocks=blocks).randomize_block_order().map(
-        make_train_sample, fn_kwargs={"size": size, "degradation": degradation}, num_cpus=0.25)
+        make_train_sample, fn_kwargs={"size": size, "degradation": degradation}, num_cpus=0.25, compute=compute)
+
+
+def data_task_limit(cluster_cpus: float, training_cpus: float) -> int:
+    """Data tasks to run at once: one per whole CPU the train workers leave free, at least one. A task
+    is one single-threaded process whatever CPU share it reserves, so four 0.25-CPU tasks on the one
+    CPU a 2-core node has left ran four processes beside the train worker, and took its core too: its
+    thread waited for a CPU 11-12 % of the time in the short-step stages (bench/train_throughput.py).
+    One task of 16 rows fills a worker's prefetch ahead of steps that take far longer than the task."""
+    return max(1, int(cluster_cpus - training_cpus))

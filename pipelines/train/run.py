@@ -48,7 +48,7 @@ def run(config: TrainConfig) -> TrainResult:
     if not ray.is_initialized():
         logs.init_ray()  # local by default; joins the cluster when RAY_ADDRESS is set (ray job submit)
     check_reachable(config)
-    from pipelines.train.data import build_catalogue, train_dataset, validation_pairs
+    from pipelines.train.data import build_catalogue, data_task_limit, train_dataset, validation_pairs
 
     preset_name = config.preset
     catalogue = build_catalogue(config.data, config.val_fraction)
@@ -78,8 +78,10 @@ def run(config: TrainConfig) -> TrainResult:
                 result.stages_skipped.append(stage)
                 start = done.uri
                 continue
+            max_tasks = data_task_limit(ray.cluster_resources().get("CPU", 1), config.workers * worker_cpus(config))
             dataset = train_dataset(catalogue.train, preset.resolution, plan.degradation,
-                                    samples_per_epoch=hp.batch_size * config.workers * STEPS_PER_EPOCH)
+                                    samples_per_epoch=hp.batch_size * config.workers * STEPS_PER_EPOCH,
+                                    max_tasks=max_tasks)
             metrics = run_stage(plan, stage, start, done, dataset, validation, experiment_id,
                                 parent_run.info.run_id, uri)
             result.stage_metrics[stage] = metrics
