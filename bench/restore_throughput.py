@@ -25,6 +25,8 @@
 
     python bench/restore_throughput.py            # tiny_denoise: fused 200 and 2,000 images, split 200
     python bench/restore_throughput.py --quick    # 40 and 200 images: a smoke run
+    python bench/restore_throughput.py --preset small_denoise --size 256 --skip-split
+                                                  # the default models' size on 256² photos (9 tiles each)
     python bench/restore_throughput.py --large-only --large 4000x3000   # section 3 alone
 """
 
@@ -42,6 +44,7 @@ from PIL import Image
 
 import ugpnet
 from pipelines.restore.run import RestoreConfig, run
+from ugpnet.fitting import fit_and_run, plan_fit
 from ugpnet.images import decode_image, encode_image
 
 
@@ -58,51 +61,66 @@ def make_images(directory: Path, count: int, size: int) -> None:
         Image.fromarray(pixels).save(part / f"img{index:05d}.png")
 
 
-def in_process_images_per_s(bundle: Path, images: Path, batch_size: int, repeats: int = 1) -> float:
+def restore_batches(model, tensors: list[torch.Tensor], batch_size: int, fit: str):
+    """The in-process restore of `tensors` ((3,H,W) each), one list of outputs per call of `batch_size`:
+    native-size images stacked `batch_size` at a time (`fit="error"`), or each image cut into model-size
+    tiles run `batch_size` tiles at a time and blended back (`fit="tile"`, ugpnet.fitting.fit_and_run),
+    which is what a user's own script over full-size photos does."""
+    if fit == "error":
+        for first in range(0, len(tensors), batch_size):
+            yield list(model(torch.stack(tensors[first:first + batch_size])))
+        return
+    for tensor in tensors:
+        yield [fit_and_run(tensor, model, input_size=model.input_size, scale=model.scale, policy="tile",
+                           batch_size=batch_size)]
+
+
+def in_process_images_per_s(bundle: Path, images: Path, batch_size: int, fit: str, repeats: int = 1) -> float:
     """Best of `repeats` passes (after a warm-up batch) of the batched forward over the decoded
     images (no I/O, no Ray)."""
     model = ugpnet.load(bundle)
     tensors = [torch.from_numpy(decode_image(p.read_bytes()).rgb).permute(2, 0, 1)
                for p in sorted(images.rglob("*.png"))]
-    stacked = torch.stack(tensors)
     with torch.inference_mode():
-        model(stacked[:batch_size])  # warm-up
+        next(restore_batches(model, tensors[:batch_size], batch_size, fit))  # warm-up
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            for first in range(0, len(stacked), batch_size):
-                model(stacked[first:first + batch_size])
+            for _outputs in restore_batches(model, tensors, batch_size, fit):
+                pass
             best = min(best, time.perf_counter() - start)
-    return len(stacked) / best
+    return len(tensors) / best
 
 
-def in_process_job_images_per_s(bundle: Path, images: Path, batch_size: int, output: Path) -> float:
+def in_process_job_images_per_s(bundle: Path, images: Path, batch_size: int, fit: str, output: Path) -> float:
     """The same job as the pipeline in one process, sequentially: read each file, decode, batched
-    forward, encode as PNG, write; after a warm-up batch. All threads, no Ray."""
+    forward (tiled when `fit` is tile), encode as PNG, write; after a warm-up batch. All threads, no Ray."""
     model = ugpnet.load(bundle)
     paths = sorted(images.rglob("*.png"))
     output.mkdir(parents=True, exist_ok=True)
+    # Native images are read a batch at a time; tiled ones one at a time (a photo is its own batch of tiles).
+    group = batch_size if fit == "error" else 1
     with torch.inference_mode():
         model(torch.rand(batch_size, 3, model.input_size, model.input_size))  # warm-up
         start = time.perf_counter()
-        for first in range(0, len(paths), batch_size):
-            chunk = paths[first:first + batch_size]
-            batch = torch.stack([torch.from_numpy(decode_image(p.read_bytes()).rgb).permute(2, 0, 1) for p in chunk])
-            restored = model(batch).permute(0, 2, 3, 1).numpy()
-            for path, rgb in zip(chunk, restored, strict=True):
-                (output / path.name).write_bytes(encode_image(rgb, fmt="png"))
+        for first in range(0, len(paths), group):
+            chunk = paths[first:first + group]
+            tensors = [torch.from_numpy(decode_image(p.read_bytes()).rgb).permute(2, 0, 1) for p in chunk]
+            restored = [image for outputs in restore_batches(model, tensors, batch_size, fit) for image in outputs]
+            for path, image in zip(chunk, restored, strict=True):
+                (output / path.name).write_bytes(encode_image(image.permute(1, 2, 0).numpy(), fmt="png"))
         elapsed = time.perf_counter() - start
     shutil.rmtree(output, ignore_errors=True)
     return len(paths) / elapsed
 
 
-def best_in_process(bundle: Path, images: Path, batch_sizes: tuple[int, ...], work: Path) -> dict:
+def best_in_process(bundle: Path, images: Path, batch_sizes: tuple[int, ...], fit: str, work: Path) -> dict:
     """The fastest in-process configurations (all threads, the best batch size) of the forward alone
     and of the whole job: {"forward": (images/s, batch), "job": (images/s, batch)}."""
     threads = torch.get_num_threads()
     best = {}
-    for kind, measure in (("forward", lambda b: in_process_images_per_s(bundle, images, b)),
-                          ("job", lambda b: in_process_job_images_per_s(bundle, images, b, work / "in-process"))):
+    for kind, measure in (("forward", lambda b: in_process_images_per_s(bundle, images, b, fit)),
+                          ("job", lambda b: in_process_job_images_per_s(bundle, images, b, fit, work / "in-process"))):
         rates = {batch: measure(batch) for batch in batch_sizes}
         batch = max(rates, key=rates.get)
         print(f"  in-process {kind:7} ({threads} threads): "
@@ -191,6 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 40 vs 200 images")
     parser.add_argument("--preset", default="tiny_denoise")
+    parser.add_argument("--size", type=int, default=None,
+                        help="side of the square test images (default: the model's input size, run natively); "
+                             "any other size runs in `tile` mode on both sides, as full-size photos do")
     parser.add_argument("--images", type=int, nargs=2, default=(200, 2000),
                         help="the two fused runs: memory growth from the first to the second; throughput of both")
     parser.add_argument("--baseline-images", type=int, default=200, help="images in the in-process measurement")
@@ -213,24 +234,28 @@ def main() -> None:
     try:
         bundle = ugpnet.save(ugpnet.build(args.preset, seed=0), work / "bundle")
         model = ugpnet.load(bundle)
+        size = args.size or model.input_size
+        fit = "error" if size == model.input_size else "tile"
+        tiles = plan_fit(size, size, input_size=model.input_size, scale=model.scale, policy="tile").num_tiles
         sets = {}
         for count in sorted({*args.images, args.baseline_images}):
             sets[count] = work / f"images-{count}"
-            make_images(sets[count], count, model.input_size)
+            make_images(sets[count], count, size)
         print(f"restore throughput: {args.preset} ({model.input_size}x{model.input_size} in, scale {model.scale}), "
+              f"{size}x{size} images ({'native' if fit == 'error' else f'{tiles} tiles each'}), "
               f"{cpus} CPUs, torch {torch.__version__}, load {_load()}", flush=True)
 
         # The best in-process configurations, measured before and after the pipeline runs (load drifts):
         # the pipeline is compared with the better of the two.
         batches = tuple(args.baseline_batches)
-        baseline = [best_in_process(bundle, sets[args.baseline_images], batches, work)]
+        baseline = [best_in_process(bundle, sets[args.baseline_images], batches, fit, work)]
         # Fill the CPUs: one 1-thread fused actor per CPU, or one 1-thread actor per module (three on
         # 2 CPUs). The read/decode and the encode/write stage each get a quarter CPU, so that both can
         # run beside the actors: with a single free slot Ray Data runs the read stage to its end
         # before the first output is written (the outputs wait in the object store meanwhile).
         task_cpus = 0.25
         actor_cpus = cpus - 2 * task_cpus
-        common = dict(model=str(bundle), batch_size=args.batch_size, fit="error", threads_per_actor=1,
+        common = dict(model=str(bundle), batch_size=args.batch_size, fit=fit, threads_per_actor=1,
                       cpus_per_task=task_cpus)
         fused = dict(actors=cpus, cpus_per_actor=round(actor_cpus / cpus, 2))
         runs = [(f"fused {count}", RestoreConfig(**common, **fused, input=str(sets[count]),
@@ -254,7 +279,7 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-        baseline.append(best_in_process(bundle, sets[args.baseline_images], batches, work))
+        baseline.append(best_in_process(bundle, sets[args.baseline_images], batches, fit, work))
         for kind in ("forward", "job"):
             best_rate, best_batch = max(b[kind] for b in baseline)
             print(f"  best in-process {kind}: {best_rate:.2f} images/s (batch {best_batch}, "
@@ -308,7 +333,6 @@ def stage_bytes_per_image(bundle: Path, width: int, height: int, transport: str,
     running split mode in one process on 12 Mpx would hold several GiB of features at once."""
     from pipelines.restore import memory as restore_memory
     from pipelines.restore.stages import tile_dtype
-    from ugpnet.fitting import plan_fit
 
     model = ugpnet.load(bundle)
     plan = plan_fit(height, width, input_size=model.preset.input_size, scale=model.preset.scale, policy="tile")

@@ -28,6 +28,7 @@ class MemoryPlan:
     encode_task: int          # per assemble/encode/write task (one block)
     actor: int                # per model actor
     refused: int              # inputs refused at planning
+    tiles: int                # model inputs (tiles) the admitted inputs will run: sizes the actors' start-up
     largest: ImageMemory | None
 
 
@@ -84,8 +85,12 @@ def plan_memory(rows: list[dict], *, geometry: ModelGeometry, fit: str, tile_ove
     encode = min(room, TASK_BASE_MEMORY + max((restore_memory.block_reservation(c, "encode") for c in chunks),
                                               default=0))
     largest = max(estimates.values(), key=lambda image: image.largest[1], default=None)
+    # An input whose header could not be read counts one tile (its decode gives it an error row).
+    admitted = sum(row["status"] == PENDING for row in pending)
+    tiles = sum(image.tiles for image in estimates.values()) + admitted - len(estimates)
     return MemoryPlan(budget=budget, decode_task=restore_memory.rounded(decode),
-                      encode_task=restore_memory.rounded(encode), actor=actor, refused=refused, largest=largest)
+                      encode_task=restore_memory.rounded(encode), actor=actor, refused=refused, largest=largest,
+                      tiles=tiles)
 
 
 def _refuse(pending: list[dict], estimates: dict, budget: int, geometry: ModelGeometry) -> int:

@@ -55,7 +55,7 @@ class ExecutionSettings:
     compile: str = "off"               # off | on | auto (auto: when the planned work amortises it)
     compile_cache_dir: str = ""        # inductor's persistent cache; "" → COMPILE_CACHE_FOLDER in the cache dir
     batch_size: int | None = None      # tiles per forward pass; None: measured at start-up
-    planned_images: int = 1000         # images this pool will process (sizes the start-up measurements)
+    planned_tiles: int = 1000          # model inputs (tiles) each actor will run: sizes the start-up measurements
 
 
 class ModuleRunner:
@@ -123,7 +123,7 @@ class ModuleRunner:
         samples = self._samples(max(candidates))
         with torch.inference_mode():
             timings = measure_batch_sizes(lambda size: self._forward(*(s[:size] for s in samples)), self.device,
-                                          candidates, planned_images=self.execution.planned_images)
+                                          candidates, planned_images=self.execution.planned_tiles)
         chosen = pick_batch_size(timings)
         self.seconds_per_image = timings[chosen]
         log.info("model actor %s on %s (%s): batch %d from s/image %s", self.module, self.device,
@@ -142,10 +142,10 @@ class ModuleRunner:
         record = CompileRecords(self.cache_dir).get(self.record_key, self.device.type)
         if not hasattr(self, "seconds_per_image"):
             self.seconds_per_image = self._time_call(self.batch_size, warm=True) / self.batch_size
-        decided = should_compile(self.execution.compile, self.execution.planned_images, self.seconds_per_image,
+        decided = should_compile(self.execution.compile, self.execution.planned_tiles, self.seconds_per_image,
                                  record.compile_seconds, record.speedup)
-        log.info("model actor %s: compile=%s → %s (planned %d images x %.3f s; compile ~%.0f s, speed-up %.2fx)",
-                 self.module, self.execution.compile, decided, self.execution.planned_images,
+        log.info("model actor %s: compile=%s → %s (planned %d tiles x %.3f s; compile ~%.0f s, speed-up %.2fx)",
+                 self.module, self.execution.compile, decided, self.execution.planned_tiles,
                  self.seconds_per_image, record.compile_seconds, record.speedup)
         return decided
 

@@ -398,7 +398,9 @@ def _run_dataset(rows, config, payload_ref, settings, manifest_dir, memory) -> N
     pending = sum(row["status"] == PENDING for row in rows)
     pools = config.pool_sizes if pending else {}
     for module, size in pools.items():
-        execution = execution_settings(config, planned_images=math.ceil(pending / size))
+        # The start-up measurements are sized by the forward passes ahead: tiles, not images (a 256²
+        # photo is 9 tiles of a 128² model; counted in images, the batch search got a ninth of its budget).
+        execution = execution_settings(config, planned_tiles=math.ceil(memory.tiles / size))
         dataset = dataset.map_batches(
             ModelStage, fn_constructor_kwargs=dict(payload_ref=payload_ref, module=module,
                                                    batch_size=config.batch_size, threads=threads,
@@ -467,13 +469,13 @@ def largest_batch(config, input_size: int) -> int:
     return max(batch_candidates(actor_device_type(config), input_size))
 
 
-def execution_settings(config, planned_images: int):
+def execution_settings(config, planned_tiles: int):
     """How every model actor runs (precision, compile, batch size), from a restore config."""
     from pipelines.restore.model_runtime import ExecutionSettings
 
     return ExecutionSettings(precision=config.precision, compile=config.compile,
                              compile_cache_dir=config.compile_cache_dir, batch_size=config.batch_size,
-                             planned_images=max(1, planned_images))
+                             planned_tiles=max(1, planned_tiles))
 
 
 def _read_back(manifest_dir: storage.Location) -> tuple[dict[str, int], dict[str, float], dict[str, int],
