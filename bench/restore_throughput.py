@@ -145,12 +145,20 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def cluster_pss_bytes(root: int) -> int:
-    """PSS of `root` and all its descendants: this driver and the local Ray it started."""
-    children, total, stack = _children_map(), 0, [root]
+def cluster_pids(root: int) -> list[int]:
+    """`root` and all its descendants: this driver and the local Ray it started."""
+    children, found, stack = _children_map(), [], [root]
     while stack:
         pid = stack.pop()
+        found.append(pid)
         stack.extend(children.get(pid, []))
+    return found
+
+
+def cluster_pss_bytes(root: int) -> int:
+    """PSS of `root` and all its descendants: this driver and the local Ray it started."""
+    total = 0
+    for pid in cluster_pids(root):
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -161,23 +169,105 @@ def cluster_pss_bytes(root: int) -> int:
     return total
 
 
-class PeakSampler:
-    def __init__(self, interval_s: float = 0.25):
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_kind(pid: int) -> str:
+    """What a process of the local cluster is, from its title (Ray's workers retitle themselves
+    `ray::<what runs in them>`): the driver, a Ray daemon, a model actor, a task worker."""
+    if pid == os.getpid():
+        return "driver (Ray Data executor, this bench)"
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "gone"
+    if not title:  # an exiting process has no command line left
+        return "gone"
+    if "ModelStage" in title:
+        return "model actors"
+    if title.startswith(("ray::IDLE", "ray::MapBatches", "ray::Write", "ray::ReadFiles", "ray::FromItems")):
+        return "task workers (read/decode, encode/write, idle)"
+    if title.startswith("ray::"):  # Ray Data's helper actors (_StatsActor, …), the dashboard agent
+        return "Ray helper: " + title[5:].split("(")[0].split(" ")[0]
+    for daemon in ("gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor.py"):
+        if daemon in title:
+            return f"Ray daemon: {daemon}"
+    return "other: " + Path(title.split(" ", 1)[0]).name
+
+
+def process_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+class ClusterSampler:
+    """The CPU seconds each process of the local cluster used while sampled, once a second (the last
+    reading of a process that exits is kept), summed by process kind; and the cluster's peak PSS every
+    `pss_every` samples: reading smaps_rollup walks each process's mappings, Ray's shared object store
+    included, and at 4 Hz took about 8 % of a core of the driver (py-spy), a visible share of 2 CPUs.
+    The report prints what the sampling thread itself used."""
+
+    def __init__(self, interval_s: float = 1.0, pss_every: int = 3):
         self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self.pss_every, self._samples, self.own_cpu_s = pss_every, 0, 0.0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._started = self._wall_s = 0.0
+        self._sample()  # the baseline of the processes already running (daemons, idle workers)
+        self._first = {pid: cpu for pid, (_, cpu) in self._last.items()}
+
+    def _sample(self):
+        pids = cluster_pids(os.getpid())
+        for pid in pids:
+            cpu = process_cpu_s(pid)
+            if cpu is None:
+                continue
+            # Read the title each time: an idle worker becomes an actor or a task's worker later.
+            kind = process_kind(pid)
+            if kind == "gone" and pid in self._last:
+                kind = self._last[pid][0]
+            self._last[pid] = (kind, cpu)
+        if self._samples % self.pss_every == 0:
+            self.peak = max(self.peak, cluster_pss_bytes(os.getpid()))
+        self._samples += 1
 
     def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, cluster_pss_bytes(os.getpid()))
-            self._stop.wait(self.interval_s)
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+        self.own_cpu_s = time.thread_time()  # this thread's CPU: what the sampling itself cost the driver
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        by_kind: dict[str, float] = {}
+        for pid, (kind, cpu) in self._last.items():
+            by_kind[kind] = by_kind.get(kind, 0.0) + cpu - self._first.get(pid, 0.0)
+        return dict(sorted(by_kind.items(), key=lambda item: -item[1]))
+
+    def cpu_report(self, images: int) -> str:
+        """CPU seconds per kind, per image, and the share of the machine's CPU time it used."""
+        capacity = self._wall_s * os.cpu_count()
+        lines = [f"      {kind:48} {cpu:7.1f} CPU s ({cpu / images * 1000:6.1f} ms/image, "
+                 f"{cpu / capacity * 100:4.1f} % of {os.cpu_count()} CPUs)"
+                 for kind, cpu in self.cpu_by_kind().items() if cpu >= 0.05]
+        lines.append(f"      {'  of which this sampler (in the driver)':48} {self.own_cpu_s:7.1f} CPU s")
+        used = sum(self.cpu_by_kind().values())
+        lines.append(f"      {'not used by the cluster (idle or elsewhere)':48} {capacity - used:7.1f} CPU s "
+                     f"({(capacity - used) / capacity * 100:4.1f} %) over {self._wall_s:.1f} s")
+        return "\n".join(lines)
 
     def __enter__(self):
+        self._started = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._sample()
+        self._wall_s = time.perf_counter() - self._started
 
 
 # ---------------------------------------------------------------- runs
@@ -185,8 +275,12 @@ class PeakSampler:
 def start_ray():
     import ray
 
+    from pipelines.common.cluster import WORKER_SOFT_LIMIT_VARIABLE, worker_soft_limit
+
     if ray.is_initialized():
         ray.shutdown()
+    # As `ugpnet restore` starts its local cluster (pipelines/common/cluster.py::ensure_ray).
+    os.environ.setdefault(WORKER_SOFT_LIMIT_VARIABLE, str(worker_soft_limit(os.cpu_count())))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
@@ -203,6 +297,10 @@ def pipeline_images_per_s(config: RestoreConfig) -> tuple[float, float]:
     low, high = np.percentile(stamps, [10, 90])
     streaming = 0.8 * len(stamps) / (high - low) if high > low else float("nan")
     return summary.images_per_s, streaming
+
+
+def config_images(config: RestoreConfig) -> int:
+    return sum(1 for _ in Path(config.input).rglob("*.png"))
 
 
 def main() -> None:
@@ -270,12 +368,13 @@ def main() -> None:
         for name, config in runs:
             start_ray()  # a fresh cluster per run: its peak memory is this run's alone
             idle = cluster_pss_bytes(os.getpid())
-            with PeakSampler() as sampler:
+            with ClusterSampler() as sampler:
                 whole, steady = pipeline_images_per_s(config)
             results[name] = (whole, steady, sampler.peak, idle)
             print(f"  pipeline {name:10}: {whole:6.2f} images/s whole run, {steady:6.2f} streaming; peak Ray "
                   f"cluster memory {sampler.peak / 2**20:7.1f} MiB (idle {idle / 2**20:.1f}); load {_load()}",
                   flush=True)
+            print(sampler.cpu_report(config_images(config)), flush=True)
         import ray
 
         ray.shutdown()
@@ -372,7 +471,7 @@ def large_photo_run(args, work: Path, bundle: Path, transport: str) -> None:
 
     start_ray()
     idle = cluster_pss_bytes(os.getpid())
-    with PeakSampler() as sampler:
+    with ClusterSampler() as sampler:
         summary = run(RestoreConfig(input=str(work / "in"), output=str(work / f"out-{transport}"),
                                     model=str(bundle), fit="tile", batch_size=args.batch_size,
                                     transport=transport, threads_per_actor=os.cpu_count()))

@@ -283,6 +283,12 @@ def ray_session():
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def ray_worker_logs() -> str:
+    """What the workers of the Ray that `local_ray` started last wrote to stderr (worker-*.err)."""
+    logs = Path(_RAY_TEMP[-1]) / "session_latest" / "logs"
+    return "".join(path.read_text(errors="replace") for path in sorted(logs.glob("worker-*.err")))
+
+
 def ray_children_named(name: str) -> list[int]:
     """PIDs of Ray worker processes below this process whose title mentions `name` (an actor class)."""
     return [pid for pid in descendants(os.getpid()) if alive(pid) and any(name in part for part in cmdline(pid))]

@@ -7,6 +7,7 @@ tests (killing a run, `ray job submit`) are in test_restore_cli.py.
 import io
 import json
 import os
+import re
 import signal
 import threading
 
@@ -14,7 +15,7 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 from restore_samples import bad_samples, good_samples, photo
-from services import ray_children_named, wait_for
+from services import ray_children_named, ray_worker_logs, wait_for
 
 import ugpnet
 from pipelines import cli
@@ -141,6 +142,20 @@ def test_local_to_local_mirrors_paths_and_reruns_skip(tmp_path, bundles):
     runs = sorted(p.name for p in (tmp_path / "out/_ugpnet/runs").iterdir())
     assert runs == ["again.json", "first.json", "redo.json"]
     assert not (tmp_path / "out" / "readme.png").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_model_actor_logs_the_batch_it_measured(tmp_path, bundles):
+    """The start-up decision an operator looks for (the batch the actor measured fastest, and the
+    timings it chose from) reaches the worker's log. Ray leaves a worker's root logger at WARNING
+    unless it is given a LoggingConfig (json mode), and the INFO line was dropped."""
+    write_tree(tmp_path / "in", good_samples()[:2])
+    summary = run(RestoreConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                model=bundles["tiny_denoise"], fit="tile"))
+    assert (summary.ok, summary.errors) == (2, 0)
+    assert re.search(r"INFO pipelines\.restore\.model_runtime -- model actor fused on cpu \(fp32\): "
+                     r"batch \d+ from s/image \{1: ", ray_worker_logs())
+    assert "NumPy array is not writable" not in ray_worker_logs()
 
 
 @pytest.mark.slow

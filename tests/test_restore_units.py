@@ -2,6 +2,7 @@
 and the stage functions called directly (including fused vs split equality before quantisation)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -518,3 +519,32 @@ def test_a_refused_manifest_entry_is_not_the_local_input_probed_on_other_nodes()
     refused = InputItem("/etc/hostname", "", "manifest: a manifest on S3 may name only S3 objects")
     assert first_local_input([refused, InputItem("s3://in/a.png", "a.png")]) is None
     assert first_local_input([refused, InputItem("/data/b.png", "b.png")]) == "/data/b.png"
+
+
+def test_a_local_cluster_keeps_enough_idle_workers_for_the_pipelines_tasks(monkeypatch):
+    """Ray keeps one idle worker per CPU and its helper and model actors fill those places, so each
+    read/decode and encode/write task started (and imported torch in) a fresh process. The local
+    cluster `ugpnet` starts is told to keep more; a value the user set is left alone; a cluster
+    given in RAY_ADDRESS keeps its own settings."""
+    import ray
+
+    from pipelines.common import cluster
+
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.logs, "init_ray", lambda **kwargs: started.append(
+        (os.environ.get(cluster.WORKER_SOFT_LIMIT_VARIABLE), kwargs)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(cluster.WORKER_SOFT_LIMIT_VARIABLE, raising=False)
+    assert cluster.ensure_ray()
+    assert started[-1] == ("8", {"include_dashboard": False})
+
+    monkeypatch.setenv(cluster.WORKER_SOFT_LIMIT_VARIABLE, "3")
+    cluster.ensure_ray()
+    assert started[-1][0] == "3"
+
+    monkeypatch.delenv(cluster.WORKER_SOFT_LIMIT_VARIABLE)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    cluster.ensure_ray()
+    assert started[-1] == (None, {})

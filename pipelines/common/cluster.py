@@ -14,9 +14,24 @@ ACTOR_BASE_MEMORY = 1 << 30
 ACTOR_WEIGHT_COPIES = 3
 
 
+# Ray's raylet reads its settings from RAY_<name> variables when it starts.
+WORKER_SOFT_LIMIT_VARIABLE = "RAY_num_workers_soft_limit"
+
+
+def worker_soft_limit(cpus: int) -> int:
+    """Idle worker processes a local raylet keeps. Ray's default is one per CPU, and it kills an idle
+    worker above that after a second; Ray Data's helper actors (about 4) and the model actors take
+    those places, so every read/decode and encode/write task started a fresh Python that imported
+    torch again: 47 task workers for 2,000 photos on 2 CPUs, 162 ms of CPU per image in task workers
+    where the work is about 35 (bench/restore_throughput.py; with 8 kept: 67 ms). Two per CPU and
+    the helpers: what a pipeline of fractional-CPU tasks and actors keeps busy at once."""
+    return 2 * max(1, cpus) + 4
+
+
 def ensure_ray() -> bool:
     """Connect to the cluster in RAY_ADDRESS (as in `ray job submit`), else start a local one.
-    Returns whether this call started Ray (and so should shut it down)."""
+    Returns whether this call started Ray (and so should shut it down). A cluster started with
+    `ray start` takes its own settings: set RAY_num_workers_soft_limit there (docs/execution.md)."""
     import ray
 
     if ray.is_initialized():
@@ -24,6 +39,7 @@ def ensure_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         logs.init_ray()
     else:
+        os.environ.setdefault(WORKER_SOFT_LIMIT_VARIABLE, str(worker_soft_limit(os.cpu_count() or 1)))
         logs.init_ray(include_dashboard=False)
     return True
 

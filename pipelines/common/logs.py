@@ -157,6 +157,26 @@ def init_ray(**kwargs) -> None:
     logging.getLogger("ray").handlers = [_active.handler]
 
 
+PROJECT_LOGGER = "pipelines"
+WORKER_LINE_FORMAT = "%(levelname)s %(name)s -- %(message)s"
+
+
+def project_info_in_worker() -> None:
+    """In a Ray worker: let this project's INFO records through (a model actor's start-up decisions:
+    the batch it measured, whether it compiled), and only this project's. Ray gives a worker's root
+    logger a handler at INFO only under a LoggingConfig (json mode: the records join its JSON lines);
+    otherwise the root keeps Python's WARNING and those lines were dropped. Then this logger gets a
+    stderr handler of its own: Ray writes a worker's stderr to its log file (worker-*.err) and, with
+    log_to_driver, to the driver's console."""
+    logger = logging.getLogger(PROJECT_LOGGER)
+    logger.setLevel(logging.INFO)
+    if logging.getLogger().handlers or logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(WORKER_LINE_FORMAT))
+    logger.addHandler(handler)
+
+
 def _route_root_logger(handler: logging.Handler) -> None:
     """The root logger writes through `handler` alone, at WARNING, as Python's last-resort handler
     does: libraries' warnings and errors, not their chatter."""

@@ -276,11 +276,13 @@ class ModelStage:
         import ray
         import torch
 
+        from pipelines.common.logs import project_info_in_worker
         from pipelines.common.models import payload_model
         from pipelines.restore.model_runtime import ExecutionSettings, ModuleRunner
 
         if module not in ("fused", *MODULES):
             raise ValueError(f"unknown model module {module!r}")
+        project_info_in_worker()  # the batch and compile decisions below are logged at INFO
         # The object store hands every actor the same bytes: one copy per node, no shared disk needed.
         payload = ray.get(payload_ref) if isinstance(payload_ref, ray.ObjectRef) else payload_ref
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -413,7 +415,7 @@ class ModelStage:
             for chunk in tile_chunks([(i, plans[i].num_tiles) for i in rows], self.batch_size):
                 for i, _, _ in chunk:
                     if i not in canvases:
-                        canvases[i] = torch.as_tensor(np.ascontiguousarray(batch["canvas"][i])).unsqueeze(0)
+                        canvases[i] = _canvas_tensor(batch["canvas"][i])
                 tiles = torch.cat([cut_tiles(canvases[i], plans[i], first, count) for i, first, count in chunk])
                 # float32 back from the runner: outputs are rounded to the transport once, after the blend.
                 outputs = self.runner.run(tiles.numpy(), unpack=_unpack, out_dtypes=[torch.float32] * len(out_names))
@@ -488,6 +490,19 @@ def tile_chunks(tile_counts: list[tuple[int, int]], size: int):
                 chunk, room = [], size
     if chunk:
         yield chunk
+
+
+def _canvas_tensor(canvas: np.ndarray):
+    """A row's canvas (3,H,W) as a (1,3,H,W) tensor on the same memory. Ray hands the actor the
+    object store's read-only pages; nothing writes to them (cut_tiles copies the tiles out with
+    torch.cat), so torch's warning about non-writable arrays, once per actor in its log, is noise."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.ascontiguousarray(canvas)).unsqueeze(0)
 
 
 def _assembler(plan):
