@@ -248,12 +248,12 @@ class ClusterSampler:
 
     def cpu_report(self, images: int) -> str:
         """CPU seconds per kind, per image, and the share of the machine's CPU time it used."""
-        capacity = self._wall_s * os.cpu_count()
+        capacity, by_kind = self._wall_s * os.cpu_count(), self.cpu_by_kind()
         lines = [f"      {kind:48} {cpu:7.1f} CPU s ({cpu / images * 1000:6.1f} ms/image, "
                  f"{cpu / capacity * 100:4.1f} % of {os.cpu_count()} CPUs)"
-                 for kind, cpu in self.cpu_by_kind().items() if cpu >= 0.05]
+                 for kind, cpu in by_kind.items() if cpu >= 0.05]
         lines.append(f"      {'  of which this sampler (in the driver)':48} {self.own_cpu_s:7.1f} CPU s")
-        used = sum(self.cpu_by_kind().values())
+        used = sum(by_kind.values())
         lines.append(f"      {'not used by the cluster (idle or elsewhere)':48} {capacity - used:7.1f} CPU s "
                      f"({(capacity - used) / capacity * 100:4.1f} %) over {self._wall_s:.1f} s")
         return "\n".join(lines)
@@ -275,12 +275,11 @@ class ClusterSampler:
 def start_ray():
     import ray
 
-    from pipelines.common.cluster import WORKER_SOFT_LIMIT_VARIABLE, worker_soft_limit
+    from pipelines.common.cluster import keep_idle_workers_for_a_local_cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    # As `ugpnet restore` starts its local cluster (pipelines/common/cluster.py::ensure_ray).
-    os.environ.setdefault(WORKER_SOFT_LIMIT_VARIABLE, str(worker_soft_limit(os.cpu_count())))
+    keep_idle_workers_for_a_local_cluster()  # as `ugpnet restore` starts its local cluster
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
@@ -297,10 +296,6 @@ def pipeline_images_per_s(config: RestoreConfig) -> tuple[float, float]:
     low, high = np.percentile(stamps, [10, 90])
     streaming = 0.8 * len(stamps) / (high - low) if high > low else float("nan")
     return summary.images_per_s, streaming
-
-
-def config_images(config: RestoreConfig) -> int:
-    return sum(1 for _ in Path(config.input).rglob("*.png"))
 
 
 def main() -> None:
@@ -356,16 +351,16 @@ def main() -> None:
         common = dict(model=str(bundle), batch_size=args.batch_size, fit=fit, threads_per_actor=1,
                       cpus_per_task=task_cpus)
         fused = dict(actors=cpus, cpus_per_actor=round(actor_cpus / cpus, 2))
-        runs = [(f"fused {count}", RestoreConfig(**common, **fused, input=str(sets[count]),
-                                                        output=str(work / f"out-fused-{count}")))
+        runs = [(f"fused {count}", count, RestoreConfig(**common, **fused, input=str(sets[count]),
+                                                               output=str(work / f"out-fused-{count}")))
                 for count in args.images]
         if not args.skip_split:
             count = args.images[0]
-            runs.append((f"split {count}", RestoreConfig(
+            runs.append((f"split {count}", count, RestoreConfig(
                 **common, input=str(sets[count]), output=str(work / f"out-split-{count}"), stages="split",
                 actors=1, cpus_per_actor=round(actor_cpus / 3, 2))))
         results = {}
-        for name, config in runs:
+        for name, count, config in runs:
             start_ray()  # a fresh cluster per run: its peak memory is this run's alone
             idle = cluster_pss_bytes(os.getpid())
             with ClusterSampler() as sampler:
@@ -374,7 +369,7 @@ def main() -> None:
             print(f"  pipeline {name:10}: {whole:6.2f} images/s whole run, {steady:6.2f} streaming; peak Ray "
                   f"cluster memory {sampler.peak / 2**20:7.1f} MiB (idle {idle / 2**20:.1f}); load {_load()}",
                   flush=True)
-            print(sampler.cpu_report(config_images(config)), flush=True)
+            print(sampler.cpu_report(count), flush=True)
         import ray
 
         ray.shutdown()

@@ -21,11 +21,18 @@ WORKER_SOFT_LIMIT_VARIABLE = "RAY_num_workers_soft_limit"
 def worker_soft_limit(cpus: int) -> int:
     """Idle worker processes a local raylet keeps. Ray's default is one per CPU, and it kills an idle
     worker above that after a second; Ray Data's helper actors (about 4) and the model actors take
-    those places, so every read/decode and encode/write task started a fresh Python that imported
-    torch again: 47 task workers for 2,000 photos on 2 CPUs, 162 ms of CPU per image in task workers
-    where the work is about 35 (bench/restore_throughput.py; with 8 kept: 67 ms). Two per CPU and
-    the helpers: what a pipeline of fractional-CPU tasks and actors keeps busy at once."""
+    those places, so read/decode and encode/write tasks can start fresh Pythons that import torch
+    again: 47 task workers in a 2,000-photo run on 2 CPUs, 162 ms of task-worker CPU per photo where
+    the work is about 35 (bench/restore_throughput.py; shorter runs did not churn, with or without
+    this limit: docs/execution.md). Two per CPU and the helpers: what a pipeline of fractional-CPU
+    tasks and actors keeps busy at once."""
     return 2 * max(1, cpus) + 4
+
+
+def keep_idle_workers_for_a_local_cluster() -> None:
+    """Before a local Ray starts: its raylet keeps worker_soft_limit idle workers, unless the
+    environment already says how many."""
+    os.environ.setdefault(WORKER_SOFT_LIMIT_VARIABLE, str(worker_soft_limit(os.cpu_count() or 1)))
 
 
 def ensure_ray() -> bool:
@@ -39,7 +46,7 @@ def ensure_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         logs.init_ray()
     else:
-        os.environ.setdefault(WORKER_SOFT_LIMIT_VARIABLE, str(worker_soft_limit(os.cpu_count() or 1)))
+        keep_idle_workers_for_a_local_cluster()
         logs.init_ray(include_dashboard=False)
     return True
 
